@@ -1,0 +1,3 @@
+"""API v1 routes (filled by the API layer)."""
+
+urlpatterns = []

@@ -1,0 +1,139 @@
+"""Generation requests: one row per thing a person asked for; the row is the source of truth."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from generation.states import ACTIVE, TERMINAL, Status
+
+
+class GenerationRequest(models.Model):
+    """One text-to-image request and everything that happened to it.
+
+    Status changes go through :mod:`generation.states` only (conditional updates); other
+    fields may be written by whoever holds the request in its current state.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_requests")
+
+    # what was asked
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True, default="")
+    checkpoint_model = models.CharField(max_length=255, help_text="Checkpoint name as sent to ComfyUI")
+    checkpoint = models.ForeignKey("models_registry.AvailableModel", null=True, blank=True,
+                                   on_delete=models.PROTECT, related_name="generation_requests")
+    lora_models = models.JSONField(default=list, blank=True,
+                                   help_text="[{name, strength_model, strength_clip}, …]")
+    width = models.PositiveIntegerField(default=512)
+    height = models.PositiveIntegerField(default=512)
+    batch_size = models.PositiveSmallIntegerField(default=1)
+    sampler_params = models.JSONField(default=dict, blank=True,
+                                      help_text="{seed, steps, cfg, sampler_name, scheduler, denoise}")
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    regenerated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                         related_name="regenerations")
+
+    # where it is
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    progress = models.FloatField(default=0.0)
+    current_node = models.CharField(max_length=64, blank=True, default="")
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    backend = models.CharField(max_length=255, blank=True, default="", help_text="Base URL of the ComfyUI backend")
+    comfyui_prompt_id = models.CharField(max_length=64, blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    affinity_skips = models.PositiveSmallIntegerField(default=0)
+
+    # what came out
+    workflow = models.JSONField(null=True, blank=True, help_text="The exact API-format graph sent to ComfyUI")
+    outputs = models.JSONField(default=list, blank=True, help_text="Storage paths of the images")
+    thumbnails = models.JSONField(default=list, blank=True, help_text="Per image: {size: storage path}")
+    error = models.TextField(blank=True, default="", help_text="What went wrong, for the user")
+    error_detail = models.JSONField(default=dict, blank=True, help_text="ComfyUI node / exception detail")
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+
+    # when
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=Status.values), name="genreq_status_valid"),
+            models.CheckConstraint(condition=Q(width__gte=16, width__lte=16384, height__gte=16, height__lte=16384),
+                                   name="genreq_size_in_range"),
+            models.CheckConstraint(condition=Q(batch_size__gte=1, batch_size__lte=64), name="genreq_batch_in_range"),
+            models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="genreq_progress_0_1"),
+            models.CheckConstraint(condition=~Q(prompt=""), name="genreq_prompt_not_empty"),
+            models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=list(TERMINAL)),
+                                   name="genreq_finished_only_when_terminal"),
+            models.UniqueConstraint(fields=["user", "idempotency_key"], condition=Q(idempotency_key__isnull=False),
+                                    name="genreq_unique_idempotency_key"),
+        ]
+        indexes = [
+            # history: my requests newest first, optionally by status
+            models.Index(fields=["user", "-created_at"], name="genreq_user_created_idx"),
+            models.Index(fields=["user", "status", "-created_at"], name="genreq_user_status_created_idx"),
+            models.Index(fields=["user", "-updated_at"], name="genreq_user_updated_idx"),
+            # dispatcher and reconciler: only the live rows
+            models.Index(fields=["status", "created_at"], name="genreq_active_idx",
+                         condition=Q(status__in=sorted(ACTIVE))),
+            models.Index(fields=["backend", "status"], name="genreq_backend_running_idx",
+                         condition=Q(status="running")),
+        ]
+
+    def __str__(self):
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self):
+        return self.status in TERMINAL
+
+    @property
+    def is_active(self):
+        return self.status in ACTIVE
+
+    @property
+    def seed(self):
+        return (self.sampler_params or {}).get("seed")
+
+    @property
+    def steps(self):
+        return (self.sampler_params or {}).get("steps")
+
+
+class BackendState(models.Model):
+    """What the workers know about one ComfyUI backend, shared by every worker host.
+
+    The list of backends and their capacity come from settings (``COMFYUI_URL``); this row
+    holds the runtime facts: health with backoff, and the checkpoint the backend will have
+    loaded once its queue drains (the checkpoint of the last job we sent it).
+    """
+
+    url = models.CharField(max_length=255, unique=True)
+    capacity = models.PositiveSmallIntegerField(default=2)
+    is_healthy = models.BooleanField(default=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    down_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_ok_at = models.DateTimeField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    loaded_checkpoint = models.CharField(max_length=255, blank=True, default="")
+    jobs_completed = models.PositiveIntegerField(default=0)
+    jobs_failed = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["url"]
+
+    def __str__(self):
+        return f"{self.url} ({'up' if self.is_healthy else 'down'})"

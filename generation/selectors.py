@@ -1,0 +1,40 @@
+"""Reads: the queries the API and the UI share."""
+
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+
+from generation.models import GenerationRequest
+from generation.states import Status
+
+
+def requests_visible_to(user):
+    """The requests ``user`` may see: their own; staff see everyone's."""
+    qs = GenerationRequest.objects.select_related("user")
+    return qs if user.is_staff else qs.filter(user=user)
+
+
+def request_for_user(*, user, request_id):
+    """One request ``user`` may see, or ``None`` (never another user's: callers answer 404)."""
+    try:
+        return requests_visible_to(user).get(pk=request_id)
+    except (GenerationRequest.DoesNotExist, ValidationError, ValueError, TypeError):
+        return None  # a malformed id is as unknown as another user's
+
+
+def queue_position(request):
+    """1-based place of a queued request in the fair (round-robin by user) order, else ``None``.
+
+    Round-robin: if this is the user's k-th oldest queued request, every other user with
+    queued requests goes before it at most k times (once more if their turn comes first,
+    approximated by their oldest request being older than ours).
+    """
+    if request.status not in (Status.PENDING, Status.QUEUED):
+        return None
+    waiting = GenerationRequest.objects.filter(status__in=[Status.PENDING, Status.QUEUED])
+    k = waiting.filter(user_id=request.user_id, created_at__lt=request.created_at).count()
+    others = (waiting.exclude(user_id=request.user_id).values("user_id")
+              .annotate(n=Count("id"), older=Count("id", filter=Q(created_at__lt=request.created_at))))
+    ahead = k
+    for row in others:
+        ahead += min(row["n"], k + (1 if row["older"] else 0))
+    return ahead + 1

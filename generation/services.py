@@ -1,0 +1,120 @@
+"""Writes: the one place that drives a request from the outside (API, UI, admin, commands).
+
+Workers drive requests from the inside through :mod:`generation.runner`; both change status
+only through :mod:`generation.states`.
+"""
+
+import logging
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from generation import states
+from generation.errors import NotCancellable, TooManyActiveRequests
+from generation.models import GenerationRequest
+from generation.params import RANDOM_SEED, validate_params
+from generation.states import ACTIVE, Status, WAITING
+
+logger = logging.getLogger(__name__)
+
+
+def submit_generation(*, user, data, idempotency_key=None):
+    """Validate ``data``, store a new request and queue it once the transaction commits.
+
+    Returns ``(request, created)``. With an ``idempotency_key`` already used by this user,
+    the original request is returned and nothing new is stored.
+    Raises ``ParamsInvalid`` or ``TooManyActiveRequests``.
+    """
+    if idempotency_key:
+        existing = GenerationRequest.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    params = validate_params(data)
+    limit = settings.GENERATION["MAX_ACTIVE_PER_USER"]
+    try:
+        with transaction.atomic():
+            # Lock the user's row so two concurrent submits cannot both pass the limit check.
+            type(user).objects.select_for_update().filter(pk=user.pk).first()
+            active = GenerationRequest.objects.filter(user=user, status__in=list(ACTIVE)).count()
+            if active >= limit:
+                raise TooManyActiveRequests(limit)
+            request = GenerationRequest.objects.create(user=user, idempotency_key=idempotency_key or None,
+                                                       **params.as_fields())
+            transaction.on_commit(lambda: queue_generation(request.pk))
+    except IntegrityError:
+        if idempotency_key:  # a concurrent submit with the same key won the race
+            return GenerationRequest.objects.get(user=user, idempotency_key=idempotency_key), False
+        raise
+    return request, True
+
+
+def queue_generation(request_id):
+    """pending → queued, then wake a worker. Safe to call twice; a lost wake-up is re-sent by
+    the reconciler, which finds queued requests with no live task."""
+    states.transition(request_id, Status.QUEUED, expect={Status.PENDING})
+    from generation.tasks import wake_dispatcher
+
+    try:
+        wake_dispatcher()
+    except Exception:  # the broker being down must not fail the submit: the row is the truth
+        logger.exception("could not enqueue a dispatch wake-up for %s; the reconciler will", request_id)
+
+
+def regenerate_generation(*, request, user, same_seed=False, idempotency_key=None):
+    """Submit a new request with ``request``'s parameters (a new random seed unless ``same_seed``)."""
+    sampler = dict(request.sampler_params or {})
+    if not same_seed:
+        sampler["seed"] = RANDOM_SEED
+    data = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "checkpoint_model": request.checkpoint_model,
+        "lora_models": request.lora_models,
+        "width": request.width,
+        "height": request.height,
+        "batch_size": request.batch_size,
+        "sampler_params": sampler,
+        "webhook_url": request.webhook_url,
+    }
+    new, created = submit_generation(user=user, data=data, idempotency_key=idempotency_key)
+    if created:
+        GenerationRequest.objects.filter(pk=new.pk).update(regenerated_from=request)
+        new.regenerated_from = request
+    return new
+
+
+def cancel_generation(*, request):
+    """Cancel an active request; return the refreshed request.
+
+    Waiting requests are cancelled in the database at once. A running one is removed from its
+    backend's queue, then interrupted by prompt id, then marked cancelled — in that order, so
+    ComfyUI never starts work we already gave up. A backend that does not answer does not
+    stop the cancel: the worker following the job sees the cancelled row and stops too.
+    Raises ``NotCancellable`` when the request had already finished.
+    """
+    if request.status in WAITING and states.transition(request.pk, Status.CANCELLED, expect=WAITING):
+        request.refresh_from_db()
+        return request
+    request.refresh_from_db()
+    if request.status == Status.RUNNING:
+        from generation.runner import stop_on_backend
+
+        stop_on_backend(request)
+        states.transition(request.pk, Status.CANCELLED, expect={Status.RUNNING})
+    elif request.status in WAITING:
+        states.transition(request.pk, Status.CANCELLED, expect=WAITING)
+    request.refresh_from_db()
+    if request.status != Status.CANCELLED:
+        raise NotCancellable(f"The request is already {request.status}.")
+    return request
+
+
+def delete_generation(*, request):
+    """Cancel the request if it is active, otherwise delete it with its files."""
+    if request.status in ACTIVE:
+        return cancel_generation(request=request)
+    from generation.storage import delete_request_files
+
+    delete_request_files(request)
+    request.delete()
+    return None

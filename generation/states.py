@@ -1,0 +1,81 @@
+"""The request status state machine: the one owner of every status change.
+
+pending → queued → running → completed | failed | cancelled, plus two recoveries:
+running → queued (the backend lost the prompt or the worker died; the job is dispatched again)
+and pending/queued → failed (validation or attempts exhausted).
+
+Every transition is a single conditional ``UPDATE … WHERE id = %s AND status IN (allowed)``;
+the database decides the winner when two actors race (a cancel and a completion, two
+workers), so exactly one of them sees ``True``. Terminal states never change.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+ACTIVE = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
+WAITING = frozenset({Status.PENDING, Status.QUEUED})
+
+# to-state → the states it may be entered from
+ALLOWED_FROM = {
+    Status.QUEUED: frozenset({Status.PENDING, Status.RUNNING}),
+    Status.RUNNING: frozenset({Status.QUEUED}),
+    Status.COMPLETED: frozenset({Status.RUNNING}),
+    Status.FAILED: frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING}),
+    Status.CANCELLED: frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING}),
+}
+
+# which timestamp a transition stamps
+_STAMP = {
+    Status.QUEUED: "queued_at",
+    Status.RUNNING: "started_at",
+    Status.COMPLETED: "finished_at",
+    Status.FAILED: "finished_at",
+    Status.CANCELLED: "finished_at",
+}
+
+
+class InvalidTransition(ValueError):
+    """A transition the machine never allows (a programming error, not a lost race)."""
+
+
+def transition(request_id, to, *, expect=None, where=None, **fields):
+    """Move one request to ``to`` if it is still in an allowed state; return whether we won.
+
+    ``expect`` narrows the allowed from-states (e.g. only ``{running}``); ``where`` adds
+    conditions such as ``{"attempts": 2}`` so a worker from an older attempt cannot finish
+    a job that was since dispatched again. ``fields`` are written in the same UPDATE.
+    """
+    from generation.models import GenerationRequest
+
+    to = Status(to)
+    if to not in ALLOWED_FROM:
+        raise InvalidTransition(f"nothing may move to {to}")
+    allowed = ALLOWED_FROM[to]
+    if expect is not None:
+        expect = {Status(s) for s in expect}
+        if not expect <= allowed:
+            raise InvalidTransition(f"{sorted(expect - allowed)} → {to} is not a transition")
+        allowed = frozenset(expect)
+    now = timezone.now()
+    fields.setdefault(_STAMP[to], now)
+    if to in TERMINAL:
+        fields.setdefault("heartbeat_at", None)
+    updated = GenerationRequest.objects.filter(pk=request_id, status__in=list(allowed), **(where or {})).update(
+        status=to, updated_at=now, **fields
+    )
+    return updated == 1
+
+
+def can_transition(current, to):
+    return Status(current) in ALLOWED_FROM.get(Status(to), ())

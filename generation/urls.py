@@ -1,0 +1,3 @@
+"""UI routes (filled by the UI layer)."""
+
+urlpatterns = []

@@ -1,0 +1,315 @@
+"""Genonaut settings.
+
+This is the one module that reads the environment. Every variable is listed in
+the README's "Configuration" table; app code reads ``settings.*`` only.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name, default=""):
+    return os.environ.get(name, default)
+
+
+def env_bool(name, default=False):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name, default):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_list(name, default=""):
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def database_from_url(url, *, data_dir):
+    """Turn ``DATABASE_URL`` (sqlite:///path or postgres://user:pw@host:port/db) into Django's dict."""
+    if not url:
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": data_dir / "genonaut.sqlite3",
+                "OPTIONS": {"timeout": 20}}
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path[1:] if parts.path.startswith("//") else parts.path) or ":memory:"
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {"timeout": 20}}
+    if parts.scheme in {"postgres", "postgresql", "pgsql"}:
+        options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")) or "postgres",
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+    raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite or postgres)")
+
+
+def comfyui_backends_from_env(urls, *, default_capacity):
+    """Parse ``COMFYUI_URL``: comma-separated base URLs, each optionally ``;capacity=N``."""
+    backends = []
+    for item in urls:
+        url, _, options = item.partition(";")
+        capacity = default_capacity
+        for option in filter(None, options.split(";")):
+            key, _, value = option.partition("=")
+            if key.strip() != "capacity" or not value.strip().isdigit() or int(value) < 1:
+                raise ImproperlyConfigured(f"COMFYUI_URL option {option!r} is not understood (use ;capacity=N)")
+            capacity = int(value)
+        parts = urlsplit(url.strip())
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ImproperlyConfigured(f"COMFYUI_URL entry {url!r} is not an http(s) URL")
+        backends.append({"url": url.strip().rstrip("/"), "capacity": capacity})
+    return backends
+
+
+# --- core ---------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+DATA_DIR = Path(env_str("GENONAUT_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "genonaut-development-only-key-never-use-in-production-0123456789"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_q",
+    "models_registry",
+    "generation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "genonaut.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "genonaut.wsgi.application"
+ASGI_APPLICATION = "genonaut.asgi.application"
+
+DATABASES = {"default": database_from_url(env_str("DATABASE_URL"), data_dir=DATA_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- static and media files ----------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "staticfiles")))
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(DATA_DIR / "media")))
+MEDIA_URL = "/media/"  # never served directly: image views check the owner
+
+STORAGE_BACKEND = env_str("STORAGE_BACKEND", "local")
+if STORAGE_BACKEND == "s3":
+    AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
+    if not AWS_STORAGE_BUCKET_NAME:
+        raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME")
+    AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL") or None
+    AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME") or None
+    AWS_DEFAULT_ACL = None
+    AWS_QUERYSTRING_AUTH = True
+    AWS_QUERYSTRING_EXPIRE = env_int("AWS_QUERYSTRING_EXPIRE", 300)
+    AWS_S3_FILE_OVERWRITE = False
+    default_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {}}
+elif STORAGE_BACKEND == "local":
+    default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                       "OPTIONS": {"location": str(MEDIA_ROOT)}}
+else:
+    raise ImproperlyConfigured(f"STORAGE_BACKEND must be 'local' or 's3', got {STORAGE_BACKEND!r}")
+
+STORAGES = {
+    "default": default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+                    if DEBUG else "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+}
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 256 * 1024)
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
+
+# --- security (production-safe unless DEBUG) -----------------------------------------------
+
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST framework -------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("SUBMIT_THROTTLE_RATE", "120/min")},
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Genonaut API",
+    "DESCRIPTION": "Generate images on ComfyUI backends: submit, follow, cancel, browse, download.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- ComfyUI backends -----------------------------------------------------------------------
+
+SIMULATOR_HOST = env_str("SIMULATOR_HOST", "127.0.0.1")
+SIMULATOR_PORT = env_int("SIMULATOR_PORT", 8188)
+COMFYUI_DEFAULT_CAPACITY = env_int("COMFYUI_CAPACITY", 2)  # 1 running + 1 waiting on ComfyUI's own queue
+_comfyui_urls = env_list("COMFYUI_URL")
+# Without COMFYUI_URL, development points at the bundled simulator; production refuses to start
+# (see generation.checks), so the simulator is never a silent fallback.
+USING_SIMULATOR = not _comfyui_urls
+if USING_SIMULATOR and DEBUG:
+    _comfyui_urls = [f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}"]
+COMFYUI_BACKENDS = comfyui_backends_from_env(_comfyui_urls, default_capacity=COMFYUI_DEFAULT_CAPACITY)
+COMFYUI_MODELS_DIR = env_str("COMFYUI_MODELS_DIR")  # ComfyUI's models/ folder, when mounted here
+COMFYUI_CHECKPOINTS_DIRS = env_list("COMFYUI_CHECKPOINTS_DIRS")  # extra folders (extra_model_paths)
+COMFYUI_LORAS_DIRS = env_list("COMFYUI_LORAS_DIRS")
+COMFYUI_TIMEOUT = env_float("COMFYUI_TIMEOUT", 10.0)  # seconds for one HTTP call
+COMFYUI_OBJECT_INFO_TTL = env_float("COMFYUI_OBJECT_INFO_TTL", 60.0)
+
+# --- generation policy ----------------------------------------------------------------------
+
+GENERATION = {
+    "MAX_ACTIVE_PER_USER": env_int("MAX_ACTIVE_PER_USER", 50),  # pending + queued + running
+    "MAX_PROMPT_LENGTH": env_int("MAX_PROMPT_LENGTH", 4000),
+    "MAX_BATCH_SIZE": env_int("MAX_BATCH_SIZE", 8),
+    "MAX_LORAS": env_int("MAX_LORAS", 8),
+    "MAX_STEPS": env_int("MAX_STEPS", 150),
+    "MAX_PIXELS": env_int("MAX_PIXELS", 2048 * 2048),
+    "JOB_DEADLINE_SECONDS": env_int("JOB_DEADLINE_SECONDS", 600),
+    "MAX_ATTEMPTS": env_int("MAX_ATTEMPTS", 3),
+    "HEARTBEAT_SECONDS": env_float("HEARTBEAT_SECONDS", 0.5),
+    "STALE_HEARTBEAT_SECONDS": env_int("STALE_HEARTBEAT_SECONDS", 30),
+    "BACKEND_BACKOFF_MAX_SECONDS": env_int("BACKEND_BACKOFF_MAX_SECONDS", 60),
+    "AFFINITY": env_bool("DISPATCH_AFFINITY", True),
+    "AFFINITY_MAX_SKIPS": env_int("AFFINITY_MAX_SKIPS", 8),
+    "RETENTION_DAYS": env_int("RETENTION_DAYS", 0),  # 0 keeps files forever
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
+    "WEBHOOK_MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 5),
+    "THUMBNAIL_SIZES": {"small": 128, "medium": 384, "large": 768},
+}
+
+# --- Django-Q2 ------------------------------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL")
+_q_timeout = GENERATION["JOB_DEADLINE_SECONDS"] + 120
+Q_CLUSTER = {
+    "name": env_str("Q_CLUSTER_NAME", "genonaut"),
+    "workers": env_int("Q_WORKERS", max(4, sum(b["capacity"] for b in COMFYUI_BACKENDS))),
+    "timeout": _q_timeout,
+    # retry counts from dequeue, prefetch included, so it must clear timeout with room to spare.
+    "retry": _q_timeout + 300,
+    "max_attempts": 3,
+    "queue_limit": env_int("Q_QUEUE_LIMIT", 4),
+    "bulk": 1,
+    "catch_up": False,
+    "save_limit": env_int("Q_SAVE_LIMIT", 1000),
+    "ack_failures": True,
+    "label": "Django Q2",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = env_float("Q_POLL", 0.2)
+
+# --- logging --------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

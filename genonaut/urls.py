@@ -1,0 +1,17 @@
+"""Top-level routes: the UI, the API (v1), the schema and docs, admin, health."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from genonaut import health
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("generation.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", health.liveness, name="healthz"),
+    path("readyz", health.readiness, name="readyz"),
+    path("", include("generation.urls")),
+]

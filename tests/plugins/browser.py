@@ -1,0 +1,1 @@
+"""Fixtures for browser tests (see tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""Fixtures for simulator tests (see tests/conftest.py)."""
