@@ -137,3 +137,20 @@ class BackendState(models.Model):
 
     def __str__(self):
         return f"{self.url} ({'up' if self.is_healthy else 'down'})"
+
+
+def _new_webhook_secret():
+    import secrets
+
+    return secrets.token_hex(32)
+
+
+class WebhookSecret(models.Model):
+    """The per-user key that signs webhook bodies (HMAC-SHA256), shown to its owner only."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    secret = models.CharField(max_length=128, default=_new_webhook_secret)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"webhook secret of {self.user}"

@@ -13,7 +13,7 @@ from generation import states
 from generation.errors import NotCancellable, TooManyActiveRequests
 from generation.models import GenerationRequest
 from generation.params import RANDOM_SEED, validate_params
-from generation.states import ACTIVE, Status, WAITING
+from generation.states import ACTIVE, WAITING, Status
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,6 @@ os.environ.setdefault("COMFYUI_URL", "http://127.0.0.1:9")
 os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-from genonaut.settings import *  # noqa: E402,F403
+from genonaut.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
