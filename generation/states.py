@@ -9,7 +9,7 @@ the database decides the winner when two actors race (a cancel and a completion,
 workers), so exactly one of them sees ``True``. Terminal states never change.
 """
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 
@@ -74,6 +74,10 @@ def transition(request_id, to, *, expect=None, where=None, **fields):
     updated = GenerationRequest.objects.filter(pk=request_id, status__in=list(allowed), **(where or {})).update(
         status=to, updated_at=now, **fields
     )
+    if updated and to in TERMINAL:
+        from generation.webhooks import request_finished
+
+        transaction.on_commit(lambda: request_finished(request_id))
     return updated == 1
 
 

@@ -49,3 +49,13 @@ def check_webhook_url(url, *, resolve=socket.getaddrinfo):
     if not infos or not all(_is_public(info[4][0]) for info in infos):
         raise WebhookUrlRefused("Webhooks to loopback, private or link-local addresses are not allowed.")
     return url
+
+
+def request_finished(request_id):
+    """Called (on commit) each time a request reaches a terminal state: queue its webhook, if any."""
+    from django_q.tasks import async_task
+
+    from generation.models import GenerationRequest
+
+    if GenerationRequest.objects.filter(pk=request_id).exclude(webhook_url="").exists():
+        async_task("generation.tasks.deliver_webhook", str(request_id), attempt=1)
