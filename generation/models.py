@@ -74,7 +74,7 @@ class GenerationRequest(models.Model):
             models.CheckConstraint(condition=Q(batch_size__gte=1, batch_size__lte=64), name="genreq_batch_in_range"),
             models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="genreq_progress_0_1"),
             models.CheckConstraint(condition=~Q(prompt=""), name="genreq_prompt_not_empty"),
-            models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=list(TERMINAL)),
+            models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=sorted(TERMINAL)),
                                    name="genreq_finished_only_when_terminal"),
             models.UniqueConstraint(fields=["user", "idempotency_key"], condition=Q(idempotency_key__isnull=False),
                                     name="genreq_unique_idempotency_key"),
