@@ -55,7 +55,8 @@ def database_from_url(url, *, data_dir):
                 "OPTIONS": {"timeout": 20}}
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        path = unquote(parts.path[1:] if parts.path.startswith("//") else parts.path) or ":memory:"
+        # sqlite:///relative.db, sqlite:////absolute/path.db (the dj-database-url convention)
+        path = unquote(parts.path[1:]) or ":memory:"
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {"timeout": 20}}
     if parts.scheme in {"postgres", "postgresql", "pgsql"}:
         options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -64,13 +65,28 @@ def database_from_url(url, *, data_dir):
             "NAME": unquote(parts.path.lstrip("/")) or "postgres",
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
+            # a percent-encoded host is a Unix socket directory: postgres://u@%2Frun%2Fpostgresql/db
+            "HOST": _database_host(parts),
+            "PORT": _database_port(parts),
             "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite or postgres)")
+
+
+def _database_port(parts):
+    try:
+        return str(parts.port or "")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL has an invalid port: {exc}") from exc
+
+
+def _database_host(parts):
+    host = parts.netloc.rpartition("@")[2]
+    if host.upper().startswith("%2F"):
+        return unquote(host)
+    return parts.hostname or ""
 
 
 def comfyui_backends_from_env(urls, *, default_capacity):
@@ -221,13 +237,16 @@ X_FRAME_OPTIONS = "DENY"
 # --- REST framework -------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
+    # Token first: an anonymous API call then answers 401 with WWW-Authenticate, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"submit": env_str("SUBMIT_THROTTLE_RATE", "120/min")},
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("SUBMIT_THROTTLE_RATE", "120/min"),
+                               "auth": env_str("AUTH_THROTTLE_RATE", "30/min")},
+    "EXCEPTION_HANDLER": "generation.api.errors.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -275,6 +294,8 @@ GENERATION = {
     "RETENTION_DAYS": env_int("RETENTION_DAYS", 0),  # 0 keeps files forever
     "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
     "WEBHOOK_MAX_ATTEMPTS": env_int("WEBHOOK_MAX_ATTEMPTS", 5),
+    "WEBHOOK_BACKOFF_SECONDS": env_int("WEBHOOK_BACKOFF_SECONDS", 30),  # then ×4 per attempt, capped at 1 h
+    "WEBHOOK_TIMEOUT": env_float("WEBHOOK_TIMEOUT", 5.0),  # seconds to connect and to read the answer
     "THUMBNAIL_SIZES": {"small": 128, "medium": 384, "large": 768},
 }
 
