@@ -1,0 +1,124 @@
+"""The AvailableModel admin through Django's test client, as a staff user."""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from models_registry.models import AvailableModel, ModelType
+from tests.models_registry.conftest import SD15_TENSORS, write_safetensors
+
+CHANGELIST = "admin:models_registry_availablemodel_changelist"
+
+
+@pytest.fixture
+def admin_client_(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def models_dir(tmp_path, settings):
+    root = tmp_path / "models"
+    write_safetensors(root / "checkpoints" / "good.safetensors", tensors=SD15_TENSORS,
+                      metadata={"ss_resolution": "512"})
+    (root / "checkpoints" / "bad.safetensors").write_bytes(b"\xff" * 20)
+    (root / "loras").mkdir()
+    settings.COMFYUI_MODELS_DIR = str(root)
+    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = []
+    settings.COMFYUI_BACKENDS = []
+    return root
+
+
+def messages_of(response):
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def post_action(client, action, models):
+    return client.post(reverse(CHANGELIST), {"action": action, "_selected_action": [m.pk for m in models]},
+                       follow=True)
+
+
+def test_changelist_filters_search_and_refresh_button(admin_client_, checkpoint, lora):
+    response = admin_client_.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Refresh from ComfyUI" in body
+    for parameter in ("type__exact", "is_active__exact", "is_present__exact", "base_architecture"):
+        assert parameter in body
+    response = admin_client_.get(reverse(CHANGELIST), {"type__exact": "lora"})
+    assert list(response.context["cl"].result_list) == [lora]
+    response = admin_client_.get(reverse(CHANGELIST), {"q": "sd15"})
+    assert list(response.context["cl"].result_list) == [checkpoint]
+
+
+def test_bulk_disable_and_enable(admin_client_, checkpoint, lora):
+    response = post_action(admin_client_, "disable_models", [checkpoint, lora])
+    assert "2 model(s) disabled." in messages_of(response)
+    assert not AvailableModel.objects.filter(is_active=True).exists()
+    response = post_action(admin_client_, "enable_models", [lora])
+    assert "1 model(s) enabled." in messages_of(response)
+    assert list(AvailableModel.objects.filter(is_active=True)) == [lora]
+
+
+def test_health_check_reports_per_model(admin_client_, db, models_dir):
+    admin_client_.post(reverse("admin:models_registry_availablemodel_refresh"))
+    good = AvailableModel.objects.get(name="good.safetensors")
+    bad = AvailableModel.objects.get(name="bad.safetensors")
+    gone = AvailableModel.objects.create(name="gone.safetensors", type=ModelType.CHECKPOINT,
+                                         file_path=str(models_dir / "gone.safetensors"))
+    messages = messages_of(post_action(admin_client_, "check_health", [good, bad, gone]))
+    assert any(m.startswith("checkpoint:good.safetensors: file present, header readable") for m in messages)
+    assert any(m.startswith("checkpoint:bad.safetensors: header unreadable") for m in messages)
+    assert any(m.startswith("checkpoint:gone.safetensors: file") and "missing" in m for m in messages)
+
+
+def test_refresh_button_runs_the_refresh(admin_client_, db, models_dir):
+    response = admin_client_.post(reverse("admin:models_registry_availablemodel_refresh"), follow=True)
+    assert response.redirect_chain[-1][0] == reverse(CHANGELIST)
+    messages = messages_of(response)
+    assert messages[0] == "Refreshed: 2 seen, 2 added, 0 updated, 0 missing, 1 unreadable, 0 errors."
+    assert any("bad.safetensors" in m for m in messages[1:])
+    assert AvailableModel.objects.get(name="good.safetensors").recommended_width == 512
+
+
+def test_refresh_button_reports_when_nothing_could_be_done(admin_client_, db, settings, tmp_path):
+    settings.COMFYUI_MODELS_DIR = str(tmp_path / "absent")
+    settings.COMFYUI_BACKENDS = []
+    messages = messages_of(admin_client_.post(reverse("admin:models_registry_availablemodel_refresh"), follow=True))
+    assert messages[0].startswith("Nothing refreshed:") and "does not exist" in messages[0]
+
+
+def test_refresh_needs_post_and_staff(client, admin_client_, user, db, models_dir):
+    url = reverse("admin:models_registry_availablemodel_refresh")
+    assert admin_client_.get(url).status_code == 405
+    client.logout()
+    client.force_login(user)  # not staff: the admin sends them to its login page
+    response = client.post(url)
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert not AvailableModel.objects.exists()
+
+
+def test_hash_action(admin_client_, db, models_dir):
+    admin_client_.post(reverse("admin:models_registry_availablemodel_refresh"))
+    good = AvailableModel.objects.get(name="good.safetensors")
+    remote = AvailableModel.objects.create(name="remote.safetensors", type=ModelType.LORA)
+    messages = messages_of(post_action(admin_client_, "compute_hash", [good, remote]))
+    good.refresh_from_db()
+    assert f"checkpoint:good.safetensors: sha256 {good.sha256}" in messages
+    assert any(m.startswith("lora:remote.safetensors: ") and "no local file" in m for m in messages)
+
+
+def test_change_page_shows_metadata_and_keeps_name_read_only(admin_client_, db, models_dir):
+    admin_client_.post(reverse("admin:models_registry_availablemodel_refresh"))
+    good = AvailableModel.objects.get(name="good.safetensors")
+    url = reverse("admin:models_registry_availablemodel_change", args=[good.pk])
+    response = admin_client_.get(url)
+    assert response.status_code == 200
+    assert "ss_resolution" in response.content.decode()
+    assert "name" not in response.context["adminform"].form.fields
+    data = {"display_name": "Good one", "description": "", "is_active": "", "base_architecture": "SD1.5",
+            "trigger_words": "[]", "recommended_width": "512", "recommended_height": "512"}
+    response = admin_client_.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    good.refresh_from_db()
+    assert (good.display_name, good.is_active, good.name) == ("Good one", False, "good.safetensors")
