@@ -4,6 +4,7 @@ This is the one module that reads the environment. Every variable is listed in
 the README's "Configuration" table; app code reads ``settings.*`` only.
 """
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -261,6 +262,12 @@ SPECTACULAR_SETTINGS = {
 
 SIMULATOR_HOST = env_str("SIMULATOR_HOST", "127.0.0.1")
 SIMULATOR_PORT = env_int("SIMULATOR_PORT", 8188)
+SIMULATOR_STEP_TIME = env_float("SIMULATOR_STEP_TIME", 0.05)  # seconds per sampler step
+SIMULATOR_LOAD_TIME = env_float("SIMULATOR_LOAD_TIME", 2.0)  # seconds to switch checkpoints
+try:  # faults the simulator starts with, e.g. {"execution_error_rate": 0.05} (see docs/simulator.md)
+    SIMULATOR_FAULTS = json.loads(env_str("SIMULATOR_FAULTS") or "{}")
+except ValueError as exc:
+    raise ImproperlyConfigured(f"SIMULATOR_FAULTS is not JSON: {exc}")
 COMFYUI_DEFAULT_CAPACITY = env_int("COMFYUI_CAPACITY", 2)  # 1 running + 1 waiting on ComfyUI's own queue
 _comfyui_urls = env_list("COMFYUI_URL")
 # Without COMFYUI_URL, development points at the bundled simulator; production refuses to start

@@ -1,0 +1,368 @@
+"""HTTP and websocket client for one ComfyUI backend: the only module that builds ComfyUI URLs.
+
+Transport errors and 5xx are retried a bounded number of times with backoff and then raised
+as :class:`BackendUnavailable`; a 400 is never retried. ``submit`` never sends the same
+``prompt_id`` twice blindly: ComfyUI does not de-duplicate ids, so after a transport error it
+first asks ``/queue`` and ``/history`` whether the first attempt arrived.
+"""
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import requests
+import websocket
+from django.conf import settings
+
+from generation.comfyui import events as ev
+from generation.comfyui.errors import BackendUnavailable, OutputMissing, PromptUnknown, WorkflowRejected
+from generation.comfyui.object_info import ObjectInfo
+
+VIEW_CHUNK_SIZE = 64 * 1024
+_object_info_cache = {}  # base_url -> (expires_at, ObjectInfo)
+_object_info_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    running: list
+    pending: list
+
+    def __contains__(self, prompt_id):
+        return prompt_id in self.running or prompt_id in self.pending
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a prompt is: ``pending``, ``running``, ``finished`` (with its history entry) or ``unknown``."""
+
+    state: str
+    history: dict | None = None
+
+
+def clear_object_info_cache():
+    with _object_info_lock:
+        _object_info_cache.clear()
+
+
+class ComfyUIClient:
+    """One ComfyUI server at ``base_url``; safe to share between threads for HTTP calls."""
+
+    def __init__(self, base_url, timeout=None, retries=2, *, backoff=0.2):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = settings.COMFYUI_TIMEOUT if timeout is None else timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = requests.Session()
+
+    def __repr__(self):
+        return f"ComfyUIClient({self.base_url!r})"
+
+    # --- HTTP plumbing ------------------------------------------------------------------
+
+    def url(self, path, **query):
+        query = {k: v for k, v in query.items() if v is not None}
+        return f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
+
+    def _request(self, method, path, *, json_body=None, query=None, stream=False, retries=None):
+        attempts = 1 + (self.retries if retries is None else retries)
+        last = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.session.request(method, self.url(path, **(query or {})), json=json_body,
+                                                timeout=self.timeout, stream=stream)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code >= 500:
+                last = f"HTTP {response.status_code} from {path}"
+                response.close()
+                continue
+            return response
+        raise BackendUnavailable(f"{self.base_url} unavailable ({last})", backend=self.base_url)
+
+    def _json(self, method, path, **kwargs):
+        response = self._request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise BackendUnavailable(f"{method} {path} answered HTTP {response.status_code}", backend=self.base_url)
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendUnavailable(f"{method} {path} answered a body that is not JSON", backend=self.base_url)
+
+    # --- prompts ------------------------------------------------------------------------
+
+    def submit(self, workflow, *, prompt_id, client_id, extra_data=None):
+        """``POST /prompt`` with our ``prompt_id``; returns ``{"prompt_id", "number"}``.
+
+        Raises :class:`WorkflowRejected` on a 400 or on a 200 with ``node_errors`` (our graph has a
+        single output, so a partial acceptance produces nothing), :class:`BackendUnavailable`
+        after the retries.
+        """
+        body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        last = None
+        for attempt in range(1 + self.retries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+                with contextlib.suppress(BackendUnavailable):
+                    if self.locate(prompt_id).state != "unknown":  # the earlier attempt did arrive
+                        return {"prompt_id": prompt_id, "number": None}
+            try:
+                response = self.session.post(self.url("/prompt"), json=body, timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code >= 500:
+                last = f"HTTP {response.status_code} from /prompt"
+                continue
+            return self._accepted(response)
+        raise BackendUnavailable(f"{self.base_url} unavailable ({last})", backend=self.base_url)
+
+    def _accepted(self, response):
+        try:
+            data = response.json()
+        except ValueError:
+            raise BackendUnavailable(f"POST /prompt answered HTTP {response.status_code} without JSON",
+                                     backend=self.base_url)
+        if response.status_code == 400 or data.get("error"):
+            raise WorkflowRejected(data.get("error"), data.get("node_errors"), backend=self.base_url)
+        if response.status_code != 200:
+            raise BackendUnavailable(f"POST /prompt answered HTTP {response.status_code}", backend=self.base_url)
+        if data.get("node_errors"):
+            # Accepted partially: ComfyUI may run it anyway; take it off the queue, nothing useful comes out.
+            with contextlib.suppress(BackendUnavailable):
+                self.delete_from_queue([data["prompt_id"]])
+            raise WorkflowRejected({"type": "prompt_outputs_failed_validation",
+                                    "message": "Prompt outputs failed validation", "details": "",
+                                    "extra_info": {}}, data["node_errors"], backend=self.base_url)
+        return {"prompt_id": data["prompt_id"], "number": data.get("number")}
+
+    def history(self, prompt_id):
+        """The finished history entry of ``prompt_id``, or None while pending/running/unknown."""
+        data = self._json("GET", f"/history/{prompt_id}")
+        return data.get(prompt_id) or None
+
+    def history_page(self, *, max_items=None, offset=None):
+        return self._json("GET", "/history", query={"max_items": max_items, "offset": offset})
+
+    def queue(self):
+        data = self._json("GET", "/queue")
+        return QueueSnapshot(running=[item[1] for item in data.get("queue_running", [])],
+                             pending=[item[1] for item in data.get("queue_pending", [])])
+
+    def locate(self, prompt_id):
+        """Ask ``/history`` then ``/queue`` (then ``/history`` again, for a prompt that just finished)."""
+        entry = self.history(prompt_id)
+        if entry:
+            return Location("finished", entry)
+        snapshot = self.queue()
+        if prompt_id in snapshot.running:
+            return Location("running")
+        if prompt_id in snapshot.pending:
+            return Location("pending")
+        entry = self.history(prompt_id)
+        return Location("finished", entry) if entry else Location("unknown")
+
+    def delete_from_queue(self, prompt_ids):
+        """Remove pending prompts (a running one is untouched: use :meth:`interrupt`)."""
+        self._request("POST", "/queue", json_body={"delete": list(prompt_ids)}).close()
+
+    def interrupt(self, prompt_id=None):
+        """Interrupt ``prompt_id`` if it is the running one (ComfyUI ignores it otherwise), or whatever runs."""
+        self._request("POST", "/interrupt", json_body={"prompt_id": prompt_id} if prompt_id else {}).close()
+
+    # --- catalogue ----------------------------------------------------------------------
+
+    def object_info(self, *, refresh=False):
+        """The backend's node catalogue, cached per base URL for ``COMFYUI_OBJECT_INFO_TTL`` seconds."""
+        now = time.monotonic()
+        with _object_info_lock:
+            cached = _object_info_cache.get(self.base_url)
+        if cached and cached[0] > now and not refresh:
+            return cached[1]
+        info = ObjectInfo(self._json("GET", "/object_info"))
+        with _object_info_lock:
+            _object_info_cache[self.base_url] = (now + settings.COMFYUI_OBJECT_INFO_TTL, info)
+        return info
+
+    def system_stats(self):
+        return self._json("GET", "/system_stats")
+
+    def models(self, folder):
+        """File names ComfyUI has in a model folder (``checkpoints``, ``loras``, …); [] for an unknown folder."""
+        response = self._request("GET", f"/models/{folder}")
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise BackendUnavailable(f"GET /models/{folder} answered HTTP {response.status_code}",
+                                     backend=self.base_url)
+        return response.json()
+
+    @contextlib.contextmanager
+    def view(self, filename, subfolder="", type="output"):
+        """Stream one output file: ``with client.view(...) as chunks: for chunk in chunks: ...``."""
+        response = self._request("GET", "/view", query={"filename": filename, "subfolder": subfolder, "type": type},
+                                 stream=True)
+        try:
+            if response.status_code in (400, 403, 404):
+                raise OutputMissing(f"/view {subfolder}/{filename} ({type}) answered HTTP {response.status_code}",
+                                    backend=self.base_url)
+            if response.status_code != 200:
+                raise BackendUnavailable(f"/view answered HTTP {response.status_code}", backend=self.base_url)
+            yield response.iter_content(VIEW_CHUNK_SIZE)
+        except requests.RequestException as exc:
+            raise BackendUnavailable(f"/view interrupted: {exc}", backend=self.base_url)
+        finally:
+            response.close()
+
+    # --- websocket ----------------------------------------------------------------------
+
+    def websocket_url(self, client_id):
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path}/ws?{urlencode({'clientId': client_id})}"
+
+    @contextlib.contextmanager
+    def event_stream(self, client_id):
+        """Open ``/ws`` for ``client_id`` (before submitting, so no event is missed) and close it after."""
+        stream = EventStream(self, client_id)
+        stream.connect(raise_errors=False)
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+
+class EventStream:
+    """Typed events for one ``client_id``; see :meth:`follow`."""
+
+    def __init__(self, client, client_id, *, poll_interval=5.0, reconnect_delay=0.2, max_reconnect_delay=5.0):
+        self.client = client
+        self.client_id = client_id
+        self.poll_interval = poll_interval
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.socket = None
+        self.reconnects = 0
+        self._next_connect = 0.0
+        self._delay = reconnect_delay
+
+    @property
+    def connected(self):
+        return self.socket is not None
+
+    def connect(self, *, raise_errors=True):
+        try:
+            self.socket = websocket.create_connection(self.client.websocket_url(self.client_id),
+                                                      timeout=self.client.timeout)
+            self._delay = self.reconnect_delay
+            return True
+        except (OSError, websocket.WebSocketException) as exc:
+            self.socket = None
+            self._next_connect = time.monotonic() + self._delay
+            self._delay = min(self._delay * 2, self.max_reconnect_delay)
+            if raise_errors:
+                raise BackendUnavailable(f"websocket: {exc}", backend=self.client.base_url)
+            return False
+
+    def close(self):
+        if self.socket is not None:
+            with contextlib.suppress(Exception):
+                self.socket.close()
+            self.socket = None
+
+    def _receive(self, timeout):
+        """One parsed frame, None on timeout; drops the socket on any error."""
+        self.socket.settimeout(max(timeout, 0.001))
+        try:
+            frame = self.socket.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException):
+            self.close()
+            self._next_connect = time.monotonic() + self._delay
+            return None
+        if not frame or isinstance(frame, bytes):  # binary frames are previews; a None/empty frame is a close
+            if not frame:
+                self.close()
+            return None
+        try:
+            return ev.parse_event(json.loads(frame))
+        except ValueError:
+            return None
+
+    def _check_backend(self, prompt_id):
+        """Ask ``/history`` + ``/queue``: the terminal event if finished, None if still queued/running."""
+        location = self.client.locate(prompt_id)
+        if location.state == "finished":
+            return ev.outcome_from_history(prompt_id, location.history)
+        if location.state == "unknown":
+            raise PromptUnknown(prompt_id, backend=self.client.base_url)
+        return None
+
+    def follow(self, prompt_id, idle_interval=0.5):
+        """Yield events of ``prompt_id`` (and ``Status``/``Idle``) until it succeeds, fails or is interrupted.
+
+        The terminal event (``ExecutionSuccess``, ``ExecutionError``, ``ExecutionInterruptedEvent``)
+        is the last one yielded. Websocket frames are advisory: on socket loss the stream
+        reconnects with backoff and meanwhile polls ``/history`` and ``/queue``; it also polls
+        every ``poll_interval`` while connected, so a missed frame never hides a completion.
+        Raises :class:`PromptUnknown` when the backend has neither queued nor finished the prompt.
+        """
+        last_check = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if self.socket is None:
+                if now >= self._next_connect and self.connect(raise_errors=False):
+                    self.reconnects += 1
+                    outcome = self._check_backend(prompt_id)  # frames sent while we were away are gone
+                    last_check = time.monotonic()
+                    if outcome is not None:
+                        yield outcome
+                        return
+                    continue
+                if now - last_check >= idle_interval:
+                    outcome = self._check_backend(prompt_id)
+                    last_check = time.monotonic()
+                    if outcome is not None:
+                        yield outcome
+                        return
+                    yield ev.Idle(prompt_id=prompt_id, connected=False)
+                    continue
+                time.sleep(min(idle_interval, max(0.0, self._next_connect - now), 0.05) or 0.01)
+                continue
+
+            event = self._receive(idle_interval)
+            if event is None:
+                if self.socket is None:
+                    continue
+                if time.monotonic() - last_check >= self.poll_interval:
+                    outcome = self._check_backend(prompt_id)
+                    last_check = time.monotonic()
+                    if outcome is not None:
+                        yield outcome
+                        return
+                yield ev.Idle(prompt_id=prompt_id, connected=True)
+                continue
+            if isinstance(event, ev.Status):
+                yield event
+                continue
+            if event.prompt_id != prompt_id:
+                continue
+            if isinstance(event, ev.Executing) and event.node is None:
+                # The legacy "done" frame without a terminal frame before it: ask history what happened.
+                outcome = self._check_backend(prompt_id)
+                if outcome is not None:
+                    yield outcome
+                    return
+                continue
+            yield event
+            if isinstance(event, ev.TERMINAL):
+                return
