@@ -1,0 +1,127 @@
+"""Database constraints protect the data even when code bypasses validation."""
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from generation.models import GenerationRequest
+from generation.states import TERMINAL, Status
+from models_registry.models import AvailableModel, ModelType
+
+
+def create(user, **fields):
+    values = {"prompt": "a red fox", "checkpoint_model": "m.safetensors", **fields}
+    return GenerationRequest.objects.create(user=user, **values)
+
+
+def rejected(user, **fields):
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        create(user, **fields)
+    return str(caught.value)
+
+
+def test_defaults(user):
+    request = create(user)
+    assert request.status == Status.PENDING
+    assert (request.width, request.height, request.batch_size, request.progress) == (512, 512, 1, 0.0)
+    assert request.lora_models == [] and request.outputs == [] and request.thumbnails == []
+    assert request.created_at and request.updated_at and request.finished_at is None
+    assert request.is_active and not request.is_terminal
+
+
+def test_status_must_be_a_known_value(user):
+    assert "genreq_status_valid" in rejected(user, status="exploded")
+
+
+@pytest.mark.parametrize("field, value", [("width", 15), ("width", 16385), ("height", 8), ("height", 20000)])
+def test_size_range(user, field, value):
+    assert "genreq_size_in_range" in rejected(user, **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("width", 16), ("height", 16384)])
+def test_size_limits_are_inclusive(user, field, value):
+    assert getattr(create(user, **{field: value}), field) == value
+
+
+@pytest.mark.parametrize("value", [0, 65])
+def test_batch_range(user, value):
+    assert "genreq_batch_in_range" in rejected(user, batch_size=value)
+
+
+def test_batch_limits_are_inclusive(user):
+    assert create(user, batch_size=1).batch_size == 1
+    assert create(user, batch_size=64).batch_size == 64
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.01])
+def test_progress_between_0_and_1(user, value):
+    assert "genreq_progress_0_1" in rejected(user, progress=value)
+
+
+def test_progress_limits_are_inclusive(user):
+    assert create(user, progress=1.0).progress == 1.0
+
+
+def test_prompt_may_not_be_empty(user):
+    assert "genreq_prompt_not_empty" in rejected(user, prompt="")
+
+
+@pytest.mark.parametrize("status", [Status.PENDING, Status.QUEUED, Status.RUNNING])
+def test_finished_at_only_when_terminal(user, status):
+    assert "genreq_finished_only_when_terminal" in rejected(user, status=status, finished_at=timezone.now())
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL))
+def test_terminal_rows_may_have_finished_at(user, status):
+    assert create(user, status=status, finished_at=timezone.now()).is_terminal
+
+
+def test_finished_at_cannot_be_set_by_an_update_either(user):
+    request = create(user, status=Status.RUNNING)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        GenerationRequest.objects.filter(pk=request.pk).update(finished_at=timezone.now())
+
+
+def test_idempotency_key_unique_per_user(user, other_user):
+    create(user, idempotency_key="k1")
+    assert "genreq_unique_idempotency_key" in rejected(user, idempotency_key="k1")
+    create(other_user, idempotency_key="k1")  # another user's key space
+    create(user, idempotency_key=None)
+    create(user, idempotency_key=None)  # no key: no uniqueness
+    assert GenerationRequest.objects.filter(user=user).count() == 3
+
+
+def test_checkpoint_link_protects_the_model(user, checkpoint):
+    create(user, checkpoint=checkpoint, checkpoint_model=checkpoint.name)
+    from django.db.models import ProtectedError
+
+    with pytest.raises(ProtectedError):
+        checkpoint.delete()
+
+
+def test_history_indexes_exist():
+    names = {index.name for index in GenerationRequest._meta.indexes}
+    assert {"genreq_user_created_idx", "genreq_user_status_created_idx"} <= names
+
+
+# --- AvailableModel ---------------------------------------------------------------------------------
+
+def test_available_model_unique_per_type_and_name(db):
+    AvailableModel.objects.create(name="x.safetensors", type=ModelType.CHECKPOINT)
+    AvailableModel.objects.create(name="x.safetensors", type=ModelType.LORA)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AvailableModel.objects.create(name="x.safetensors", type=ModelType.CHECKPOINT)
+
+
+def test_available_model_type_and_size_are_checked(db):
+    with pytest.raises(IntegrityError, match="availablemodel_type_valid"), transaction.atomic():
+        AvailableModel.objects.create(name="a", type="vae")
+    with pytest.raises(IntegrityError, match="availablemodel_size_nonnegative"), transaction.atomic():
+        AvailableModel.objects.create(name="b", type=ModelType.LORA, size_bytes=-1)
+
+
+def test_available_model_label_and_offered(db):
+    model = AvailableModel.objects.create(name="styles/foo.bar.safetensors", type=ModelType.LORA)
+    assert model.label == "foo.bar" and model.is_offered
+    model.is_present = False
+    assert not model.is_offered

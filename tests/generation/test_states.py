@@ -1,0 +1,215 @@
+"""The status state machine: every transition, terminal states, conditions, and real races on PostgreSQL."""
+
+import itertools
+import threading
+import time
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.models import F
+
+from generation import states
+from generation.models import GenerationRequest
+from generation.states import ALLOWED_FROM, TERMINAL, InvalidTransition, Status, can_transition, transition
+
+ALL = list(Status)
+ALLOWED = {(frm, to) for to, froms in ALLOWED_FROM.items() for frm in froms}
+EXPECTED_ALLOWED = {
+    (Status.PENDING, Status.QUEUED), (Status.RUNNING, Status.QUEUED),  # queue; recover a lost prompt
+    (Status.QUEUED, Status.RUNNING),
+    (Status.RUNNING, Status.COMPLETED),
+    (Status.PENDING, Status.FAILED), (Status.QUEUED, Status.FAILED), (Status.RUNNING, Status.FAILED),
+    (Status.PENDING, Status.CANCELLED), (Status.QUEUED, Status.CANCELLED), (Status.RUNNING, Status.CANCELLED),
+}
+STAMP = {Status.QUEUED: "queued_at", Status.RUNNING: "started_at", Status.COMPLETED: "finished_at",
+         Status.FAILED: "finished_at", Status.CANCELLED: "finished_at"}
+
+
+def make_request(user, status=Status.PENDING, **fields):
+    return GenerationRequest.objects.create(user=user, prompt="a red fox", checkpoint_model="m.safetensors",
+                                            status=status, **fields)
+
+
+def test_the_table_is_the_documented_machine():
+    assert ALLOWED == EXPECTED_ALLOWED
+    for frm, to in itertools.product(ALL, ALL):
+        assert can_transition(frm, to) == ((frm, to) in EXPECTED_ALLOWED)
+
+
+@pytest.mark.parametrize("frm, to", sorted(itertools.product(ALL, ALL)))
+def test_every_pair(user, frm, to):
+    request = make_request(user, frm, heartbeat_at="2026-01-01T00:00:00Z")
+    if to == Status.PENDING:
+        with pytest.raises(InvalidTransition):
+            transition(request.pk, to)
+        return
+    won = transition(request.pk, to)
+    request.refresh_from_db()
+    if (frm, to) in EXPECTED_ALLOWED:
+        assert won is True
+        assert request.status == to
+        assert getattr(request, STAMP[to]) is not None
+        if to in TERMINAL:
+            assert request.heartbeat_at is None  # nobody is following a finished job
+    else:
+        assert won is False
+        assert request.status == frm
+        assert request.queued_at is request.started_at is request.finished_at is None
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+def test_terminal_states_never_change(user, terminal):
+    request = make_request(user, terminal, finished_at="2026-01-01T00:00:00Z", error="kept")
+    for to in ALL:
+        if to == Status.PENDING:
+            continue
+        assert transition(request.pk, to, error="overwritten") is False
+    request.refresh_from_db()
+    assert request.status == terminal and request.error == "kept"
+    assert str(request.finished_at.year) == "2026"
+
+
+def test_fields_are_written_in_the_same_update(user):
+    request = make_request(user, Status.QUEUED)
+    assert transition(request.pk, Status.RUNNING, backend="http://b1", attempts=F("attempts") + 1)
+    request.refresh_from_db()
+    assert (request.backend, request.attempts) == ("http://b1", 1)
+
+
+def test_losing_transition_writes_no_field(user):
+    request = make_request(user, Status.QUEUED)
+    assert transition(request.pk, Status.COMPLETED, outputs=["x.png"]) is False
+    request.refresh_from_db()
+    assert request.outputs == [] and request.status == Status.QUEUED
+
+
+def test_expect_narrows_the_from_states(user):
+    running = make_request(user, Status.RUNNING)
+    # running → queued is allowed in general, but not when the caller only expects pending
+    assert transition(running.pk, Status.QUEUED, expect={Status.PENDING}) is False
+    assert transition(running.pk, Status.QUEUED, expect={Status.RUNNING}) is True
+    with pytest.raises(InvalidTransition):
+        transition(running.pk, Status.COMPLETED, expect={Status.QUEUED})
+    with pytest.raises(ValueError):
+        transition(running.pk, "nonsense")
+
+
+def test_where_conditions_guard_against_an_older_attempt(user):
+    request = make_request(user, Status.RUNNING, attempts=2, backend="http://b2")
+    assert transition(request.pk, Status.COMPLETED, where={"attempts": 1}) is False
+    assert transition(request.pk, Status.COMPLETED, where={"attempts": 2, "backend": "http://b1"}) is False
+    request.refresh_from_db()
+    assert request.status == Status.RUNNING
+    assert transition(request.pk, Status.COMPLETED, where={"attempts": 2, "backend": "http://b2"}) is True
+
+
+def test_unknown_request_is_a_lost_race_not_an_error(db):
+    import uuid
+
+    assert transition(uuid.uuid4(), Status.CANCELLED) is False
+
+
+def test_explicit_timestamp_is_kept(user):
+    request = make_request(user)
+    assert transition(request.pk, Status.QUEUED, queued_at="2026-02-03T04:05:06Z")
+    request.refresh_from_db()
+    assert request.queued_at.isoformat().startswith("2026-02-03T04:05:06")
+
+
+# --- real races: two threads, two PostgreSQL connections -------------------------------------------
+
+ROUNDS = 20
+
+
+def race(*actions):
+    """Run each action in its own thread and connection, all released at once; return their results.
+
+    Each action runs in a transaction held briefly after its UPDATE, so the other UPDATE really
+    overlaps and PostgreSQL has to block it and re-check the WHERE clause after the commit.
+    """
+    barrier = threading.Barrier(len(actions))
+    results = [None] * len(actions)
+    errors = []
+
+    def run(index, action):
+        try:
+            barrier.wait(timeout=10)
+            with transaction.atomic():
+                results[index] = action()
+                time.sleep(0.005)
+        except Exception as exc:  # surfaced below: a thread's exception must fail the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a racer hung"
+    assert errors == []
+    return results
+
+
+pytestmark_race = pytest.mark.django_db(transaction=True)
+
+
+@pytestmark_race
+def test_cancel_racing_completion_has_exactly_one_winner(make_user):
+    assert connection.vendor == "postgresql"
+    user = make_user("racer")
+    winners = {"cancel": 0, "complete": 0}
+    for _ in range(ROUNDS):
+        request = make_request(user, Status.RUNNING, attempts=1)
+        cancel, complete = race(
+            lambda pk=request.pk: transition(pk, Status.CANCELLED),
+            lambda pk=request.pk: transition(pk, Status.COMPLETED, expect={Status.RUNNING}, where={"attempts": 1},
+                                             outputs=["done.png"], progress=1.0),
+        )
+        assert cancel != complete, "exactly one of them must win"
+        request.refresh_from_db()
+        if cancel:
+            winners["cancel"] += 1
+            assert request.status == Status.CANCELLED and request.outputs == []
+        else:
+            winners["complete"] += 1
+            assert request.status == Status.COMPLETED and request.outputs == ["done.png"]
+        assert request.finished_at is not None
+    assert sum(winners.values()) == ROUNDS
+
+
+@pytestmark_race
+def test_two_workers_claiming_one_job_have_exactly_one_winner(make_user):
+    user = make_user("racer")
+    for _ in range(ROUNDS):
+        request = make_request(user, Status.QUEUED)
+        first, second = race(
+            lambda pk=request.pk: transition(pk, Status.RUNNING, expect={Status.QUEUED}, backend="http://w1",
+                                             attempts=F("attempts") + 1),
+            lambda pk=request.pk: transition(pk, Status.RUNNING, expect={Status.QUEUED}, backend="http://w2",
+                                             attempts=F("attempts") + 1),
+        )
+        assert [first, second].count(True) == 1
+        request.refresh_from_db()
+        assert request.status == Status.RUNNING
+        assert request.attempts == 1, "the loser must not have bumped attempts"
+        assert request.backend == ("http://w1" if first else "http://w2")
+
+
+@pytestmark_race
+def test_on_commit_hook_runs_only_for_the_winner(make_user, monkeypatch):
+    user = make_user("racer")
+    finished = []
+    monkeypatch.setattr("generation.webhooks.request_finished", finished.append)
+    request = make_request(user, Status.RUNNING)
+    results = race(lambda: transition(request.pk, Status.FAILED, error="boom"),
+                   lambda: transition(request.pk, Status.CANCELLED))
+    assert results.count(True) == 1
+    assert finished == [request.pk]
+
+
+def test_module_has_one_owner_of_status(user):
+    """Status only changes through states.transition: the model has no other writer helper."""
+    assert not hasattr(GenerationRequest, "set_status")
+    assert states.transition is transition
