@@ -7,6 +7,7 @@ only through :mod:`generation.states`.
 import logging
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from generation import states
@@ -34,7 +35,7 @@ def submit_generation(*, user, data, idempotency_key=None):
     try:
         with transaction.atomic():
             # Lock the user's row so two concurrent submits cannot both pass the limit check.
-            type(user).objects.select_for_update().filter(pk=user.pk).first()
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
             active = GenerationRequest.objects.filter(user=user, status__in=list(ACTIVE)).count()
             if active >= limit:
                 raise TooManyActiveRequests(limit)
