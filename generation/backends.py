@@ -1,0 +1,165 @@
+"""ComfyUI backends: the configured list ↔ ``BackendState`` rows, health with backoff, overview.
+
+``settings.COMFYUI_BACKENDS`` says which backends exist and their capacity; the rows hold what
+every worker host must agree on: whether a backend is in rotation (``is_healthy``), until when
+it is left alone (``down_until``, exponential backoff), and which checkpoint it has loaded.
+
+A backend leaves rotation the first time a job or a probe cannot reach it, and comes back
+when a probe (``GET /queue``) answers. Probes happen when its backoff expires: from the
+``watch_backend`` task chain started by the healthy → down change, and from the reconciler as
+a safety net.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from generation.comfyui.client import ComfyUIClient
+from generation.comfyui.errors import BackendUnavailable
+from generation.models import BackendState, GenerationRequest
+from generation.states import Status
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 1.0  # first retry after 1 s, doubling up to GENERATION["BACKEND_BACKOFF_MAX_SECONDS"]
+RECENT = timedelta(hours=1)
+
+
+def configured_urls():
+    return [backend["url"] for backend in settings.COMFYUI_BACKENDS]
+
+
+def client_for(url):
+    return ComfyUIClient(url, timeout=settings.COMFYUI_TIMEOUT, retries=2)
+
+
+def sync_backends():
+    """Make sure every configured backend has a row with the configured capacity; return those rows."""
+    rows = {row.url: row for row in BackendState.objects.filter(url__in=configured_urls())}
+    for backend in settings.COMFYUI_BACKENDS:
+        row = rows.get(backend["url"])
+        if row is None:
+            row, _ = BackendState.objects.get_or_create(url=backend["url"], defaults={"capacity": backend["capacity"]})
+            rows[row.url] = row
+        if row.capacity != backend["capacity"]:
+            BackendState.objects.filter(pk=row.pk).update(capacity=backend["capacity"])
+            row.capacity = backend["capacity"]
+    return [rows[url] for url in configured_urls()]
+
+
+def backoff_seconds(consecutive_failures):
+    cap = settings.GENERATION["BACKEND_BACKOFF_MAX_SECONDS"]
+    return min(cap, BACKOFF_BASE_SECONDS * 2 ** max(0, consecutive_failures - 1))
+
+
+def mark_down(url, error):
+    """Take ``url`` out of rotation until its backoff expires; return True if it was in rotation
+    (the caller that sees True starts the ``watch_backend`` chain, so there is one per outage)."""
+    now = timezone.now()
+    row = BackendState.objects.filter(url=url).first()
+    failures = (row.consecutive_failures if row else 0) + 1
+    values = {"is_healthy": False, "consecutive_failures": F("consecutive_failures") + 1,
+              "down_until": now + timedelta(seconds=backoff_seconds(failures)),
+              "last_error": str(error)[:2000], "last_checked_at": now, "updated_at": now}
+    was_healthy = BackendState.objects.filter(url=url, is_healthy=True).update(**values) == 1
+    if not was_healthy:
+        BackendState.objects.filter(url=url).update(**values)
+    if was_healthy:
+        logger.warning("backend %s is out of rotation: %s", url, error)
+    return was_healthy
+
+
+def mark_up(url):
+    """Put ``url`` back in rotation; return True if it was out."""
+    now = timezone.now()
+    came_back = BackendState.objects.filter(url=url, is_healthy=False).update(
+        is_healthy=True, consecutive_failures=0, down_until=None, last_ok_at=now, last_checked_at=now,
+        updated_at=now) == 1
+    if came_back:
+        logger.warning("backend %s is back in rotation", url)
+    else:
+        BackendState.objects.filter(url=url).update(last_ok_at=now, last_checked_at=now)
+    return came_back
+
+
+def probe(url):
+    """Ask the backend for its queue; mark it up or down accordingly. Return whether it answered."""
+    try:
+        client_for(url).queue()
+    except BackendUnavailable as exc:
+        mark_down(url, exc)
+        return False
+    mark_up(url)
+    return True
+
+
+def probe_due_backends():
+    """Probe every configured backend whose backoff has expired; return the URLs that came back."""
+    now = timezone.now()
+    due = BackendState.objects.filter(url__in=configured_urls(), is_healthy=False).filter(
+        Q(down_until__isnull=True) | Q(down_until__lte=now)).values_list("url", flat=True)
+    return [url for url in due if probe(url)]
+
+
+def record_outcome(url, *, completed):
+    field = "jobs_completed" if completed else "jobs_failed"
+    BackendState.objects.filter(url=url).update(**{field: F(field) + 1})
+
+
+def free_slots():
+    """Total free capacity of the backends in rotation (how many jobs could start right now)."""
+    rows = sync_backends()
+    running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, backend__in=[r.url for r in rows])
+                   .values_list("backend").annotate(n=Count("id")).values_list("backend", "n"))
+    return sum(max(0, row.capacity - running.get(row.url, 0)) for row in rows if row.is_healthy)
+
+
+def backend_overview(*, recent_failures=5):
+    """What the staff page and the API show: one dict per configured backend, in settings order.
+
+    Keys: ``url``, ``healthy``, ``down_until``, ``consecutive_failures``, ``last_error``, ``last_ok_at``,
+    ``last_checked_at``, ``capacity``, ``running`` (jobs assigned to it), ``executing`` (of those,
+    started on ComfyUI), ``waiting_on_backend`` (of those, still in ComfyUI's own queue),
+    ``free_slots``, ``loaded_checkpoint``, ``jobs_completed`` / ``jobs_failed`` (all time),
+    ``completed_last_hour`` / ``failed_last_hour``, ``recent_failures`` (newest first:
+    ``{"request_id", "finished_at", "error"}``).
+    """
+    rows = sync_backends()
+    urls = [row.url for row in rows]
+    since = timezone.now() - RECENT
+    running = {row["backend"]: row for row in GenerationRequest.objects.filter(
+        status=Status.RUNNING, backend__in=urls).values("backend").annotate(
+        n=Count("id"), executing=Count("id", filter=~Q(current_node="") | Q(progress__gt=0)))}
+    recent = {row["backend"]: row for row in GenerationRequest.objects.filter(
+        backend__in=urls, finished_at__gte=since).values("backend").annotate(
+        completed=Count("id", filter=Q(status=Status.COMPLETED)), failed=Count("id", filter=Q(status=Status.FAILED)))}
+    overview = []
+    for row in rows:
+        counts = running.get(row.url, {"n": 0, "executing": 0})
+        failures = GenerationRequest.objects.filter(backend=row.url, status=Status.FAILED).exclude(
+            finished_at__isnull=True).order_by("-finished_at").values("id", "finished_at", "error")[:recent_failures]
+        overview.append({
+            "url": row.url,
+            "healthy": row.is_healthy,
+            "down_until": row.down_until,
+            "consecutive_failures": row.consecutive_failures,
+            "last_error": row.last_error,
+            "last_ok_at": row.last_ok_at,
+            "last_checked_at": row.last_checked_at,
+            "capacity": row.capacity,
+            "running": counts["n"],
+            "executing": counts["executing"],
+            "waiting_on_backend": counts["n"] - counts["executing"],
+            "free_slots": max(0, row.capacity - counts["n"]) if row.is_healthy else 0,
+            "loaded_checkpoint": row.loaded_checkpoint,
+            "jobs_completed": row.jobs_completed,
+            "jobs_failed": row.jobs_failed,
+            "completed_last_hour": recent.get(row.url, {}).get("completed", 0),
+            "failed_last_hour": recent.get(row.url, {}).get("failed", 0),
+            "recent_failures": [{"request_id": str(f["id"]), "finished_at": f["finished_at"], "error": f["error"]}
+                                for f in failures],
+        })
+    return overview

@@ -1,0 +1,183 @@
+"""The dispatcher: which queued request goes to which backend next.
+
+One decision at a time, for the whole deployment: :func:`claim_next` locks every
+``BackendState`` row (``SELECT … FOR UPDATE``, in URL order so lockers never deadlock), so
+dispatchers on all worker hosts take turns. The lock is held for a few queries only.
+
+Order between users is round-robin (as InvokeAI does, not global FIFO): the next user is the
+one with queued work whose most recent dispatch is the oldest (never-dispatched users first),
+and each user's requests go in submission order. Model affinity bends that order a little:
+within the first :data:`AFFINITY_WINDOW` requests of the fair order, a request whose checkpoint
+a free backend already has loaded may jump ahead; every request it jumps over counts a skip,
+and a request skipped ``GENERATION["AFFINITY_MAX_SKIPS"]`` times is dispatched next, whatever
+it costs. A free backend is never left idle while work waits: every call that finds a free
+slot and a queued request dispatches something.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Max, Min, Window
+from django.db.models.functions import RowNumber
+from django.utils import timezone
+
+from generation import states
+from generation.backends import sync_backends
+from generation.models import BackendState, GenerationRequest
+from generation.states import Status
+
+AFFINITY_WINDOW = 16  # how far down the fair order affinity may look
+PROMPT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-9b1d-4c55-8a53-3b7e0f2d9c41")
+_CLAIM_RETRIES = 5  # a request cancelled between our read and our update is skipped; try the next
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A request now ``running`` on ``backend`` as attempt ``attempt`` with ``prompt_id``."""
+
+    request_id: uuid.UUID
+    backend: str
+    attempt: int
+    prompt_id: str
+    lease: datetime  # the heartbeat_at written by the claim: the worker's proof of ownership
+
+
+def prompt_id_for(request_id, attempt):
+    """The ComfyUI prompt id of one attempt: derived, so a re-delivered task finds the same prompt."""
+    return str(uuid.uuid5(PROMPT_ID_NAMESPACE, f"{request_id}/{attempt}"))
+
+
+def filename_prefix_for(request_id, attempt):
+    """SaveImage names files ``{prefix}_{counter:05}_.png``: unique per attempt, never shared."""
+    return f"genonaut/{request_id}_a{attempt}"
+
+
+@dataclass
+class _Candidate:
+    id: uuid.UUID
+    user_id: int
+    checkpoint: str
+    attempts: int
+    affinity_skips: int
+
+
+@dataclass
+class _Backend:
+    url: str
+    capacity: int
+    running: int
+    loaded_checkpoint: str
+
+    @property
+    def free(self):
+        return self.capacity - self.running
+
+
+def fair_order(limit=AFFINITY_WINDOW):
+    """The first ``limit`` queued requests in fair (round-robin by user) order."""
+    queued = GenerationRequest.objects.filter(status=Status.QUEUED)
+    users = list(queued.values("user_id").annotate(oldest=Min("created_at")).order_by("oldest")[:200])
+    if not users:
+        return []
+    last_dispatch = dict(GenerationRequest.objects.filter(user_id__in=[u["user_id"] for u in users],
+                                                          started_at__isnull=False)
+                         .values("user_id").annotate(last=Max("started_at")).values_list("user_id", "last"))
+    # never-dispatched users first (FIFO among them by their oldest request), then least recently served
+    users.sort(key=lambda u: (last_dispatch.get(u["user_id"]) is not None,
+                              last_dispatch.get(u["user_id"]) or u["oldest"], u["oldest"]))
+    users = users[:limit]
+    rank = {u["user_id"]: i for i, u in enumerate(users)}
+    per_user = -(-limit // len(users))  # each user contributes at most this many to the window
+    rows = (queued.filter(user_id__in=list(rank))
+            .annotate(turn=Window(RowNumber(), partition_by=[F("user_id")], order_by=[F("created_at"), F("id")]))
+            .filter(turn__lte=per_user)
+            .values_list("id", "user_id", "checkpoint_model", "attempts", "affinity_skips", "turn"))
+    ordered = sorted(rows, key=lambda r: (r[5], rank[r[1]]))
+    return [_Candidate(*row[:5]) for row in ordered[:limit]]
+
+
+def choose(candidates, backends, *, affinity=True, max_skips=None):
+    """Pick ``(candidate, backend, skipped)`` from the fair-ordered ``candidates`` and the
+    backends with free slots; ``skipped`` are the candidates jumped over. Pure: no queries.
+
+    Without affinity: the head of the fair order goes to the least loaded free backend.
+    With affinity: (1) the head goes to a free backend that has its checkpoint loaded; else
+    (2) if the head has been skipped ``max_skips`` times it goes anyway; else (3) the first
+    request in the window whose checkpoint a free backend has loaded goes there; else (4) the
+    head goes to the free backend whose loaded checkpoint the window wants least.
+    """
+    free = sorted((b for b in backends if b.free > 0), key=lambda b: (b.running - b.capacity, b.running, b.url))
+    if not candidates or not free:
+        return None
+    head = candidates[0]
+    if not affinity:
+        return head, free[0], []
+    max_skips = settings.GENERATION["AFFINITY_MAX_SKIPS"] if max_skips is None else max_skips
+    for backend in free:
+        if backend.loaded_checkpoint == head.checkpoint:
+            return head, backend, []
+    if head.affinity_skips < max_skips:
+        for index, candidate in enumerate(candidates[1:], start=1):
+            for backend in free:
+                if backend.loaded_checkpoint and backend.loaded_checkpoint == candidate.checkpoint:
+                    return candidate, backend, candidates[:index]
+    wanted = {}
+    for candidate in candidates[1:]:
+        wanted[candidate.checkpoint] = wanted.get(candidate.checkpoint, 0) + 1
+    backend = min(free, key=lambda b: (wanted.get(b.loaded_checkpoint, 0) if b.loaded_checkpoint else 0,
+                                       b.running, b.url))
+    return head, backend, []
+
+
+def claim_next(*, affinity=None):
+    """Claim the next (request, backend) pair: mark the request running on that backend and
+    return a :class:`Claim`, or ``None`` when no backend has a free slot or nothing is queued.
+
+    The claim is one conditional update (queued → running, ``attempts`` +1, derived
+    ``comfyui_prompt_id``, ``deadline_at``, ``heartbeat_at``) made while holding the lock on
+    every backend row, so capacity is never exceeded and no request is claimed twice.
+    """
+    affinity = settings.GENERATION["AFFINITY"] if affinity is None else affinity
+    sync_backends()
+    urls = [b["url"] for b in settings.COMFYUI_BACKENDS]
+    for _ in range(_CLAIM_RETRIES):
+        with transaction.atomic():
+            rows = list(BackendState.objects.select_for_update().filter(url__in=urls, is_healthy=True)
+                        .order_by("url"))
+            if not rows:
+                return None
+            running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, backend__in=[r.url for r in rows])
+                           .values("backend").annotate(n=Count("id")).values_list("backend", "n"))
+            backends = [_Backend(r.url, r.capacity, running.get(r.url, 0), r.loaded_checkpoint) for r in rows]
+            if not any(b.free > 0 for b in backends):
+                return None
+            picked = choose(fair_order(), backends, affinity=affinity)
+            if picked is None:
+                return None
+            candidate, backend, skipped = picked
+            claim = _claim(candidate, backend.url)
+            if claim is None:
+                continue  # cancelled (or claimed) since we read it: decide again
+            if skipped:
+                GenerationRequest.objects.filter(pk__in=[c.id for c in skipped], status=Status.QUEUED).update(
+                    affinity_skips=F("affinity_skips") + 1)
+            BackendState.objects.filter(url=backend.url).update(loaded_checkpoint=candidate.checkpoint,
+                                                                updated_at=timezone.now())
+            return claim
+    return None
+
+
+def _claim(candidate, backend_url):
+    now = timezone.now()
+    attempt = candidate.attempts + 1
+    prompt_id = prompt_id_for(candidate.id, attempt)
+    won = states.transition(
+        candidate.id, Status.RUNNING, expect={Status.QUEUED}, where={"attempts": candidate.attempts},
+        backend=backend_url, attempts=attempt, comfyui_prompt_id=prompt_id, heartbeat_at=now, started_at=now,
+        deadline_at=now + timedelta(seconds=settings.GENERATION["JOB_DEADLINE_SECONDS"]),
+        affinity_skips=0, progress=0.0, current_node="", current_step=0, total_steps=0,
+    )
+    return Claim(candidate.id, backend_url, attempt, prompt_id, now) if won else None

@@ -1,0 +1,118 @@
+"""Storage layout of generated files, and the only code that writes or deletes them.
+
+Everything goes through Django's default storage (local files by default, S3 through
+django-storages), at paths derived from the request alone:
+
+    generations/<user_id>/<yyyy>/<mm>/<dd>/<request_id>_<n>.png            (n = 0, 1, … per image)
+    generations/<user_id>/<yyyy>/<mm>/<dd>/thumbs/<request_id>_<n>_<size>.<webp|jpg>
+
+The date is the request's creation date (UTC), so every attempt of a request writes the same
+names: a retried job overwrites its own earlier files instead of leaving duplicates.
+"""
+
+import logging
+import posixpath
+import tempfile
+from contextlib import contextmanager
+from datetime import UTC
+
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from generation.pngmeta import insert_text_chunks
+
+logger = logging.getLogger(__name__)
+
+ROOT = "generations"
+_SPOOL_BYTES = 8 * 1024 * 1024  # images up to this size stay in memory while they are stored
+
+
+class StorageWriteFailed(Exception):
+    """Writing an image or thumbnail to storage failed (disk full, permissions, S3 error)."""
+
+
+def request_folder(request):
+    created = (request.created_at or timezone.now()).astimezone(UTC)
+    return f"{ROOT}/{request.user_id}/{created:%Y}/{created:%m}/{created:%d}"
+
+
+def image_path(request, index):
+    return f"{request_folder(request)}/{request.pk}_{index}.png"
+
+
+def thumbnail_path(request, index, size, extension):
+    return f"{request_folder(request)}/thumbs/{request.pk}_{index}_{size}.{extension}"
+
+
+def is_safe_name(name):
+    """Whether ``name`` is a storage path we could have written: relative, under ``generations/``,
+    with no ``..``, backslash or NUL. Serving code checks this before opening anything."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return parts[0] == ROOT and all(part not in ("", ".", "..") for part in parts) and (
+        posixpath.normpath(name) == name)
+
+
+@contextmanager
+def spooled_png(chunks, texts):
+    """The PNG from ``chunks`` with ``texts`` inserted as text chunks, in a temporary file
+    (memory up to 8 MB, then disk) positioned at 0. Never holds a large image whole in memory."""
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        for piece in insert_text_chunks(chunks, texts):
+            spool.write(piece)
+        spool.seek(0)
+        yield spool
+
+
+def save_exact(name, content):
+    """Save ``content`` (a file object or bytes) at exactly ``name``, replacing what is there.
+
+    Django's storages pick another name when one is taken; we delete first so a retry overwrites.
+    Raises :class:`StorageWriteFailed` on any storage error.
+    """
+    if isinstance(content, bytes):
+        content = ContentFile(content)
+    elif not isinstance(content, File):
+        content = File(content, name=posixpath.basename(name))
+    try:
+        if default_storage.exists(name):
+            default_storage.delete(name)
+        saved = default_storage.save(name, content)
+    except Exception as exc:  # OSError locally; botocore errors on S3: all mean "not stored"
+        raise StorageWriteFailed(f"Could not store {name}: {exc}") from exc
+    if saved != name:  # another writer raced us to the name; keep ours out of the way
+        delete_files([saved])
+        raise StorageWriteFailed(f"Could not store {name}: the name was taken while writing")
+    return saved
+
+
+def delete_files(names):
+    """Delete storage paths, ignoring missing files; return how many could not be deleted."""
+    failures = 0
+    for name in names:
+        if not is_safe_name(name):
+            logger.warning("refusing to delete %r: not a generation path", name)
+            continue
+        try:
+            default_storage.delete(name)
+        except Exception:
+            failures += 1
+            logger.exception("could not delete %s", name)
+    return failures
+
+
+def request_file_names(request):
+    """Every storage path the row references (images and thumbnails)."""
+    names = list(request.outputs or [])
+    for entry in request.thumbnails or []:
+        if isinstance(entry, dict):
+            names.extend(entry.values())
+    return [name for name in names if isinstance(name, str)]
+
+
+def delete_request_files(request):
+    """Delete every file the request references (used by delete and by retention)."""
+    return delete_files(request_file_names(request))

@@ -1,0 +1,178 @@
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from generation.dispatcher import _Backend, _Candidate, choose, claim_next, fair_order, prompt_id_for
+from generation.models import BackendState, GenerationRequest
+from generation.states import Status
+
+A, B = "http://127.0.0.1:9001", "http://127.0.0.1:9002"
+
+
+@pytest.fixture
+def two_backends(settings):
+    settings.COMFYUI_BACKENDS = [{"url": A, "capacity": 2}, {"url": B, "capacity": 2}]
+    return settings
+
+
+def _queued(user, *, checkpoint="ckpt-a.safetensors", age=0.0, **fields):
+    created = timezone.now() - timedelta(seconds=1000 - age)
+    request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint,
+                                               status=Status.QUEUED, queued_at=created, **fields)
+    GenerationRequest.objects.filter(pk=request.pk).update(created_at=created)
+    return request
+
+
+def _cand(checkpoint, skips=0):
+    return _Candidate(uuid.uuid4(), 1, checkpoint, 0, skips)
+
+
+# --- choose(): pure decisions ---------------------------------------------------------------
+
+
+def test_head_goes_to_backend_with_its_checkpoint():
+    head = _cand("x")
+    picked = choose([head, _cand("y")], [_Backend(A, 2, 0, "y"), _Backend(B, 2, 0, "x")])
+    assert picked == (head, _Backend(B, 2, 0, "x"), [])
+
+
+def test_affinity_skips_the_head_for_a_match_within_the_window():
+    head, match = _cand("z"), _cand("y")
+    candidate, backend, skipped = choose([head, _cand("z"), match], [_Backend(A, 2, 1, "y")])
+    assert (candidate, backend.url, skipped) == (match, A, [head, skipped[1]])
+
+
+def test_head_is_forced_after_max_skips():
+    head = _cand("z", skips=3)
+    candidate, backend, skipped = choose([head, _cand("y")], [_Backend(A, 2, 1, "y")], max_skips=3)
+    assert (candidate, backend.url, skipped) == (head, A, [])
+
+
+def test_without_matches_head_takes_the_least_wanted_backend():
+    head = _cand("z")
+    candidate, backend, _ = choose([head, _cand("z")], [_Backend(A, 2, 0, "x"), _Backend(B, 2, 0, "")])
+    assert candidate is head
+    # nobody else wants x or the empty backend; among equals the least loaded, then by url
+    assert backend.url == A
+
+
+def test_without_affinity_head_takes_the_least_loaded():
+    head = _cand("y")
+    candidate, backend, _ = choose([head, _cand("x")], [_Backend(A, 2, 1, "x"), _Backend(B, 2, 0, "y")],
+                                   affinity=False)
+    assert (candidate, backend.url) == (head, B)
+
+
+def test_full_backends_and_empty_queue_give_nothing():
+    assert choose([_cand("x")], [_Backend(A, 2, 2, "x")]) is None
+    assert choose([], [_Backend(A, 2, 0, "x")]) is None
+
+
+def test_never_idle_when_work_waits():
+    # whatever the checkpoints, a free backend and a queued request always make a pair
+    for loaded in ("", "x", "y"):
+        assert choose([_cand("z", skips=0), _cand("w")], [_Backend(A, 1, 0, loaded)]) is not None
+
+
+# --- with the database ----------------------------------------------------------------------
+
+
+def test_fair_order_round_robins_users(make_user):
+    alice, bob, carol = make_user("alice"), make_user("bob"), make_user("carol")
+    a = [_queued(alice, age=i) for i in range(4)]
+    b = [_queued(bob, age=10 + i) for i in range(2)]
+    c = [_queued(carol, age=20)]
+    assert [x.id for x in fair_order()] == [a[0].id, b[0].id, c[0].id, a[1].id, b[1].id, a[2].id, a[3].id]
+
+
+def test_fair_order_serves_the_least_recently_dispatched_user_first(make_user):
+    alice, bob = make_user("alice"), make_user("bob")
+    first = _queued(alice, age=0)
+    second = _queued(bob, age=5)
+    GenerationRequest.objects.create(user=alice, prompt="p", checkpoint_model="c", status=Status.COMPLETED,
+                                     started_at=timezone.now(), finished_at=timezone.now())
+    assert [x.id for x in fair_order()][:2] == [second.id, first.id]
+
+
+def test_claim_sets_running_fields_and_respects_capacity(two_backends, user):
+    requests = [_queued(user, age=i) for i in range(6)]
+    claims = [claim_next() for _ in range(6)]
+    assert claims[4] is None and claims[5] is None
+    assert [c.request_id for c in claims[:4]] == [r.id for r in requests[:4]]
+    assert sorted(c.backend for c in claims[:4]) == [A, A, B, B]
+    row = GenerationRequest.objects.get(pk=claims[0].request_id)
+    assert row.status == Status.RUNNING and row.attempts == 1 and row.backend == claims[0].backend
+    assert row.comfyui_prompt_id == prompt_id_for(row.id, 1) == claims[0].prompt_id
+    assert row.heartbeat_at == claims[0].lease and row.deadline_at > timezone.now()
+    assert row.started_at is not None
+
+
+def test_prompt_id_is_stable_per_attempt():
+    rid = uuid.uuid4()
+    assert prompt_id_for(rid, 1) == prompt_id_for(rid, 1) != prompt_id_for(rid, 2)
+
+
+def test_claim_skips_unhealthy_backends(two_backends, user):
+    claim_next()  # creates the rows
+    BackendState.objects.filter(url=A).update(is_healthy=False)
+    for i in range(3):
+        _queued(user, age=i)
+    assert {claim_next().backend, claim_next().backend} == {B}
+    assert claim_next() is None
+
+
+def test_claim_without_work_or_backends(two_backends, user):
+    assert claim_next() is None
+    two_backends.COMFYUI_BACKENDS = []
+    _queued(user)
+    assert claim_next() is None
+
+
+def test_claim_fairness_between_users(two_backends, make_user):
+    heavy, light = make_user("heavy"), make_user("light")
+    for i in range(10):
+        _queued(heavy, age=i)
+    lone = _queued(light, age=50)
+    claims = [claim_next() for _ in range(2)]
+    assert lone.id in [c.request_id for c in claims]  # the lone request is second, not eleventh
+
+
+def test_affinity_keeps_checkpoints_on_their_backends(two_backends, user, settings):
+    settings.GENERATION = {**settings.GENERATION, "AFFINITY": True, "AFFINITY_MAX_SKIPS": 8}
+    for i in range(8):
+        _queued(user, checkpoint="x" if i % 2 == 0 else "y", age=i)
+    seen = {}
+    for _ in range(4):
+        claim = claim_next()
+        seen.setdefault(claim.backend, set()).add(GenerationRequest.objects.get(pk=claim.request_id).checkpoint_model)
+    assert sorted(map(sorted, seen.values())) == [["x"], ["y"]]
+    assert BackendState.objects.get(url=A).loaded_checkpoint != BackendState.objects.get(url=B).loaded_checkpoint
+
+
+def test_round_robin_mode_mixes_checkpoints(two_backends, user, settings):
+    settings.GENERATION = {**settings.GENERATION, "AFFINITY": False}
+    for i in range(4):
+        _queued(user, checkpoint="x" if i % 2 == 0 else "y", age=i)
+    claims = [claim_next() for _ in range(4)]
+    assert [c.request_id for c in claims] == list(
+        GenerationRequest.objects.order_by("created_at").values_list("id", flat=True))
+
+
+def test_skip_counter_grows_and_forces_the_head(two_backends, user, settings):
+    settings.COMFYUI_BACKENDS = [{"url": A, "capacity": 1}]
+    settings.GENERATION = {**settings.GENERATION, "AFFINITY": True, "AFFINITY_MAX_SKIPS": 2}
+    claim_next()
+    BackendState.objects.filter(url=A).update(loaded_checkpoint="x")
+    head = _queued(user, checkpoint="y", age=0)
+    for i in range(5):
+        _queued(user, checkpoint="x", age=1 + i)
+    order = []
+    for _ in range(3):
+        claim = claim_next()
+        order.append(claim.request_id)
+        GenerationRequest.objects.filter(pk=claim.request_id).update(status=Status.COMPLETED,
+                                                                     finished_at=timezone.now())
+    assert order[2] == head.id  # skipped twice, then forced
+    assert head.id not in order[:2]
