@@ -38,3 +38,32 @@ def queue_position(request):
     for row in others:
         ahead += min(row["n"], k + (1 if row["older"] else 0))
     return ahead + 1
+
+
+def history_for_user(user, *, status=None, newest_first=True):
+    """``user``'s own requests for the history page, optionally one status, by creation date."""
+    qs = GenerationRequest.objects.filter(user=user)
+    if status:
+        qs = qs.filter(status=status)
+    return qs.order_by("-created_at" if newest_first else "created_at")
+
+
+def adjacent_images(*, request, index):
+    """The images before and after ``request``'s image ``index`` among its owner's images.
+
+    Order is the history's: newest request first, a request's images in output order.
+    Returns ``(previous, next)``, each ``(request, index)`` or ``None``.
+    """
+    with_images = (GenerationRequest.objects.filter(user_id=request.user_id, status=Status.COMPLETED)
+                   .exclude(outputs=[]).only("id", "outputs", "created_at"))
+    if index > 0:
+        previous = (request, index - 1)
+    else:
+        newer = with_images.filter(created_at__gt=request.created_at).order_by("created_at").first()
+        previous = (newer, len(newer.outputs) - 1) if newer else None
+    if index + 1 < len(request.outputs or []):
+        following = (request, index + 1)
+    else:
+        older = with_images.filter(created_at__lt=request.created_at).order_by("-created_at").first()
+        following = (older, 0) if older else None
+    return previous, following

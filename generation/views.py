@@ -1,0 +1,220 @@
+"""Server-rendered pages: thin over ``services`` (writes) and ``selectors`` (reads).
+
+Every page needs a login; another user's request or image id answers 404, exactly like the API.
+State changes (submit, cancel, regenerate, delete) are POSTs with CSRF.
+"""
+
+import json
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from generation import selectors, services
+from generation.errors import GenerationError, NotCancellable, ParamsInvalid
+from generation.forms import GenerateForm
+from generation.params import offered_models
+from generation.states import Status
+from models_registry.models import ModelType
+
+HISTORY_PAGE_SIZE = 24
+SORTS = {"newest": True, "oldest": False}
+
+
+def _get_request_or_404(user, request_id):
+    found = selectors.request_for_user(user=user, request_id=request_id)
+    if found is None:
+        raise Http404("No such request.")
+    return found
+
+
+def _back(request, default):
+    """Where a POST action returns to: the page it came from when that is ours, else ``default``."""
+    target = request.POST.get("next") or request.GET.get("next")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return target
+    return default
+
+
+def image_links(generation):
+    """URLs of each stored image of ``generation``: full size, download and thumbnails."""
+    base = f"/api/v1/comfyui/{generation.pk}/images"
+    return [{"index": n, "url": f"{base}/{n}/", "download": f"{base}/{n}/?download=1",
+             "thumbnail": f"{base}/{n}/thumbnail/medium/", "small": f"{base}/{n}/thumbnail/small/",
+             "viewer": reverse("image-viewer", args=[generation.pk, n])}
+            for n in range(len(generation.outputs or []))]
+
+
+def _status_context(generation):
+    """What the request card and its live partial show."""
+    node_type = ((generation.workflow or {}).get(generation.current_node) or {}).get("class_type", "")
+    return {"generation": generation, "images": image_links(generation),
+            "queue_position": selectors.queue_position(generation),
+            "percent": round(100 * (generation.progress or 0)),
+            "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def generate(request):
+    """The Generate form; a valid POST stores the request and goes to its live card."""
+    status = 200
+    if request.method == "POST":
+        form = GenerateForm(request.POST)
+        try:
+            generation, _ = services.submit_generation(user=request.user, data=form.to_data(),
+                                                       idempotency_key=request.POST.get("idempotency_key") or None)
+        except ParamsInvalid as exc:
+            form.add_params_errors(exc.fields)
+            status = 400
+        except GenerationError as exc:
+            form.non_field_errors.append(exc.message)
+            status = exc.status
+        else:
+            return redirect("request-detail", generation.pk)
+    else:
+        source = request.GET.get("from")
+        source = selectors.request_for_user(user=request.user, request_id=source) if source else None
+        form = GenerateForm.from_request(source, same_seed=request.GET.get("seed") == "same") if source \
+            else GenerateForm()
+    return render(request, "generation/generate.html",
+                  {"form": form, "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4()},
+                  status=status)
+
+
+@login_required
+def request_detail(request, request_id):
+    """One request's card: status, live progress, cancel, images or the failure reason."""
+    generation = _get_request_or_404(request.user, request_id)
+    return render(request, "generation/request_detail.html", _status_context(generation))
+
+
+@never_cache
+@login_required
+def request_status(request, request_id):
+    """The card's live part alone, fetched by the page every second while the request is active."""
+    generation = _get_request_or_404(request.user, request_id)
+    return render(request, "generation/partials/request_status.html", _status_context(generation))
+
+
+@login_required
+@require_POST
+def cancel(request, request_id):
+    generation = _get_request_or_404(request.user, request_id)
+    try:
+        services.cancel_generation(request=generation)
+    except NotCancellable as exc:
+        messages.info(request, exc.message)
+    else:
+        messages.success(request, "Request cancelled.")
+    return redirect(_back(request, reverse("request-detail", args=[generation.pk])))
+
+
+@login_required
+@require_POST
+def regenerate(request, request_id):
+    """Submit the same parameters again: the same seed (``seed=same``) or a new random one."""
+    generation = _get_request_or_404(request.user, request_id)
+    try:
+        new = services.regenerate_generation(request=generation, user=request.user,
+                                             same_seed=request.POST.get("seed") == "same")
+    except ParamsInvalid as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.fields.items())
+        messages.error(request, f"Cannot regenerate: {problems}. Adjust the settings and submit again.")
+        return redirect(f"{reverse('generate')}?from={generation.pk}")
+    except GenerationError as exc:
+        messages.error(request, exc.message)
+        return redirect(_back(request, reverse("request-detail", args=[generation.pk])))
+    return redirect("request-detail", new.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def delete(request, request_id):
+    """Delete a finished request with its files (an active one is cancelled first).
+
+    The POST must carry ``confirm=yes`` (added by the confirmation dialog); without it, or on
+    GET, the confirmation page is shown, so nothing is deleted by one stray click.
+    """
+    generation = _get_request_or_404(request.user, request_id)
+    own_page = reverse("request-detail", args=[generation.pk])
+    if request.method == "GET" or request.POST.get("confirm") != "yes":
+        return render(request, "generation/confirm_delete.html",
+                      {"generation": generation, "next": _back(request, reverse("history"))})
+    try:
+        remaining = services.delete_generation(request=generation)
+    except GenerationError as exc:
+        messages.error(request, exc.message)
+        return redirect("request-detail", generation.pk)
+    if remaining is not None:
+        messages.info(request, "The request was still active, so it was cancelled. Delete it again to remove it.")
+        return redirect("request-detail", generation.pk)
+    messages.success(request, "Request and its images deleted.")
+    target = _back(request, reverse("history"))
+    if target.startswith(own_page):  # its own pages are gone
+        target = reverse("history")
+    return redirect(target)
+
+
+@login_required
+def history(request):
+    """The person's requests: grid or list, filter by status, sort by date, paginated."""
+    status = request.GET.get("status") or ""
+    if status not in Status.values:
+        status = ""
+    sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
+    requests = selectors.history_for_user(request.user, status=status or None, newest_first=SORTS[sort])
+    page = Paginator(requests, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    cards = [{"generation": g, "images": image_links(g)} for g in page.object_list]
+    return render(request, "generation/history.html",
+                  {"page": page, "cards": cards, "status": status, "sort": sort, "statuses": Status.choices,
+                   "has_any": status != "" or page.paginator.count > 0 or
+                   selectors.history_for_user(request.user).exists()})
+
+
+@login_required
+def image_viewer(request, request_id, index):
+    """One image full size, its parameters (copyable), download, previous/next, regenerate, delete."""
+    generation = _get_request_or_404(request.user, request_id)
+    if not 0 <= index < len(generation.outputs or []):
+        raise Http404("No such image.")
+    previous, following = selectors.adjacent_images(request=generation, index=index)
+    from generation.pngmeta import a1111_parameters
+
+    parameters = {"prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
+                  "checkpoint_model": generation.checkpoint_model, "lora_models": generation.lora_models,
+                  "width": generation.width, "height": generation.height, "batch_size": generation.batch_size,
+                  "sampler_params": generation.sampler_params}
+    return render(request, "generation/image_viewer.html", {
+        "generation": generation, "image": image_links(generation)[index], "index": index,
+        "count": len(generation.outputs),
+        "previous": reverse("image-viewer", args=[previous[0].pk, previous[1]]) if previous else None,
+        "next": reverse("image-viewer", args=[following[0].pk, following[1]]) if following else None,
+        "parameters_json": json.dumps(parameters, indent=2),
+        "parameters_text": a1111_parameters(generation),
+    })
+
+
+@login_required
+def models_page(request):
+    """The checkpoints and LoRAs people may choose, with what helps them choose."""
+    return render(request, "generation/models.html", {
+        "checkpoints": offered_models(ModelType.CHECKPOINT), "loras": offered_models(ModelType.LORA)})
+
+
+@login_required
+def backends_page(request):
+    """Staff only: each ComfyUI backend's health, load and recent failures (others get 404)."""
+    if not request.user.is_staff:
+        raise Http404("No such page.")
+    from generation.backends import backend_overview
+
+    return render(request, "generation/backends.html", {"backends": backend_overview()})

@@ -1,0 +1,203 @@
+/* Genonaut — small enhancements over server-rendered pages. Plain JavaScript, no build step.
+ * Every page works without it; with it: live progress, LoRA sliders, trigger words, size presets,
+ * seed randomise, grid/list memory, copy buttons and delete confirmation. */
+(function () {
+  "use strict";
+
+  var POLL_MS = 1000;
+  var POLL_LIMIT_MS = 2 * 60 * 60 * 1000; // stop following after two hours; a reload resumes
+  var VIEW_KEY = "genonaut.historyView";
+
+  function all(selector, root) {
+    return Array.prototype.slice.call((root || document).querySelectorAll(selector));
+  }
+
+  /* Live progress: re-fetch the status partial while the request is active. */
+  function followStatus(container) {
+    var url = container.getAttribute("data-live-url");
+    var started = Date.now();
+    var busy = false;
+    function isActive() {
+      var live = container.querySelector(".live");
+      return live && live.getAttribute("data-active") === "true";
+    }
+    if (!isActive()) return;
+    var timer = setInterval(function () {
+      if (Date.now() - started > POLL_LIMIT_MS) { clearInterval(timer); return; }
+      if (busy || document.hidden) return;
+      busy = true;
+      fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
+        .then(function (response) {
+          if (!response.ok) throw new Error("status " + response.status);
+          return response.text();
+        })
+        .then(function (html) {
+          container.innerHTML = html;
+          container.removeAttribute("data-poll-error");
+          if (!isActive()) clearInterval(timer);
+        })
+        .catch(function () { container.setAttribute("data-poll-error", "true"); })
+        .then(function () { busy = false; });
+    }, POLL_MS);
+  }
+
+  /* LoRA rows: slider and number stay in step; a row's inputs are enabled only when it is chosen. */
+  function setupLoraRow(row) {
+    var toggle = row.querySelector("[data-lora-toggle]");
+    all("input[data-sync]", row).forEach(function (range) {
+      var number = document.getElementById(range.getAttribute("data-sync"));
+      if (!number) return;
+      range.addEventListener("input", function () { number.value = range.value; });
+      number.addEventListener("input", function () { if (number.value !== "") range.value = number.value; });
+    });
+    function refresh() {
+      row.classList.toggle("chosen", toggle.checked);
+      all(".strengths input", row).forEach(function (input) { input.disabled = !toggle.checked; });
+    }
+    toggle.addEventListener("change", refresh);
+    refresh();
+  }
+
+  /* Insert a trigger word at the caret of its target textarea. */
+  function insertWord(button) {
+    var target = document.getElementById(button.getAttribute("data-target"));
+    if (!target) return;
+    var word = button.getAttribute("data-insert");
+    var start = target.selectionStart != null ? target.selectionStart : target.value.length;
+    var end = target.selectionEnd != null ? target.selectionEnd : start;
+    var before = target.value.slice(0, start);
+    var after = target.value.slice(end);
+    var sepBefore = before && !/[\s,]$/.test(before) ? ", " : "";
+    var sepAfter = after && !/^[\s,]/.test(after) ? ", " : "";
+    target.value = before + sepBefore + word + sepAfter + after;
+    var caret = (before + sepBefore + word).length;
+    target.focus();
+    target.setSelectionRange(caret, caret);
+  }
+
+  function setupSizePreset(select) {
+    var width = document.getElementById("id_width");
+    var height = document.getElementById("id_height");
+    if (!width || !height) return;
+    function match() {
+      var value = width.value + "x" + height.value;
+      var found = all("option", select).some(function (o) { return o.value === value; });
+      select.value = found ? value : "";
+    }
+    select.addEventListener("change", function () {
+      if (!select.value) return;
+      var parts = select.value.split("x");
+      width.value = parts[0];
+      height.value = parts[1];
+    });
+    width.addEventListener("input", match);
+    height.addEventListener("input", match);
+    match();
+  }
+
+  function randomSeed() {
+    // 53 bits: exact in JavaScript numbers and in JSON, well inside ComfyUI's 64-bit range
+    var words = new Uint32Array(2);
+    window.crypto.getRandomValues(words);
+    return (words[0] & 0x1fffff) * 4294967296 + words[1];
+  }
+
+  function setupCheckpointDescription(select) {
+    var target = document.getElementById(select.getAttribute("data-describe"));
+    select.addEventListener("change", function () {
+      var option = select.options[select.selectedIndex];
+      target.textContent = option ? option.getAttribute("data-description") || "" : "";
+    });
+  }
+
+  /* History layout, remembered in this browser. */
+  function setupViewToggle() {
+    var container = document.querySelector("[data-view-container]");
+    var buttons = all(".view-toggle [data-view]");
+    if (!buttons.length) return;
+    function apply(view) {
+      if (container) {
+        container.classList.toggle("view-grid", view === "grid");
+        container.classList.toggle("view-list", view === "list");
+      }
+      buttons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-view") === view)); });
+    }
+    var stored = null;
+    try { stored = window.localStorage.getItem(VIEW_KEY); } catch (e) { /* storage disabled */ }
+    apply(stored === "list" ? "list" : "grid");
+    buttons.forEach(function (button) {
+      button.addEventListener("click", function () {
+        var view = button.getAttribute("data-view");
+        try { window.localStorage.setItem(VIEW_KEY, view); } catch (e) { /* storage disabled */ }
+        apply(view);
+      });
+    });
+  }
+
+  function copyText(source, status) {
+    var text = source.value || source.textContent;
+    function done(ok) { if (status) status.textContent = ok ? "Copied to the clipboard." : "Select the text and copy it."; }
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () { done(true); }, function () { fallback(); });
+    } else {
+      fallback();
+    }
+    function fallback() {
+      source.focus();
+      source.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      done(ok);
+    }
+  }
+
+  document.addEventListener("click", function (event) {
+    var insert = event.target.closest("[data-insert]");
+    if (insert) { insertWord(insert); return; }
+    var seedButton = event.target.closest("[data-randomise-seed]");
+    if (seedButton) {
+      var seed = document.getElementById(seedButton.getAttribute("data-randomise-seed"));
+      seed.value = String(randomSeed());
+      seed.dispatchEvent(new Event("input", { bubbles: true }));
+      return;
+    }
+    var copy = event.target.closest("[data-copy]");
+    if (copy) {
+      copyText(document.getElementById(copy.getAttribute("data-copy")), document.querySelector(".copy-status"));
+    }
+  });
+
+  /* Delete confirmation: the server deletes only with confirm=yes, which is added here. */
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form.getAttribute("data-confirm");
+    if (!question) return;
+    if (!window.confirm(question)) { event.preventDefault(); return; }
+    if (!form.querySelector("input[name=confirm]")) {
+      var input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "confirm";
+      input.value = "yes";
+      form.appendChild(input);
+    }
+  });
+
+  /* Previous/next image with the arrow keys (not while typing). */
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey) return;
+    if (/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) return;
+    var link = document.querySelector('a[data-key="' + event.key + '"]');
+    if (link) window.location.href = link.href;
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    all("[data-live-url]").forEach(followStatus);
+    all("[data-lora-row]").forEach(setupLoraRow);
+    all("[data-size-preset]").forEach(setupSizePreset);
+    all("select[data-describe]").forEach(setupCheckpointDescription);
+    all("form[data-autosubmit] select").forEach(function (select) {
+      select.addEventListener("change", function () { select.form.submit(); });
+    });
+    setupViewToggle();
+  });
+})();

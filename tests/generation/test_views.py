@@ -1,0 +1,386 @@
+"""The server-rendered pages through Django's test client: every page, empty states, field
+errors, POST actions, and 404 for another user's ids."""
+
+import re
+
+import pytest
+from django.urls import reverse
+
+from generation.models import GenerationRequest
+from generation.states import Status
+from models_registry.models import AvailableModel, ModelType
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def second_lora(db):
+    return AvailableModel.objects.create(name="styles/ink-lora.safetensors", type=ModelType.LORA,
+                                         description="Ink wash", trigger_words=["inkwash", "sumi"])
+
+
+@pytest.fixture
+def login(client):
+    def log_in(user):
+        client.force_login(user)
+        return client
+
+    return log_in
+
+
+def make_request(user, checkpoint, *, status=Status.QUEUED, outputs=0, prompt="a lighthouse at dusk", **fields):
+    sampler = {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    return GenerationRequest.objects.create(
+        user=user, prompt=prompt, checkpoint_model=checkpoint.name, checkpoint=checkpoint, status=status,
+        width=64, height=64, batch_size=max(1, outputs), sampler_params=sampler,
+        outputs=[f"generations/{user.pk}/2026/01/01/x_{n}.png" for n in range(outputs)],
+        thumbnails=[{"small": f"generations/{user.pk}/2026/01/01/thumbs/x_{n}_small.webp"} for n in range(outputs)],
+        **fields)
+
+
+def form_post(checkpoint, **overrides):
+    data = {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "checkpoint_model": checkpoint.name,
+            "width": "64", "height": "64", "batch_size": "1", "seed": "42", "steps": "4", "cfg": "7.0",
+            "sampler_name": "euler", "scheduler": "normal", "denoise": "1.0"}
+    data.update(overrides)
+    return data
+
+
+# --- access -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["generate", "history", "models", "backends"])
+def test_pages_need_login(client, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login") + "?next=")
+
+
+def test_login_page_and_logging_in(client, user):
+    page = client.get(reverse("login"))
+    assert page.status_code == 200
+    assert b'<label for="id_username">Username</label>' in page.content
+    response = client.post(reverse("login"), {"username": user.username, "password": user.raw_password})
+    assert response.status_code == 302 and response["Location"] == "/"
+    bad = client.post(reverse("login"), {"username": user.username, "password": "wrong"})
+    assert bad.status_code == 200 and b"error-box" in bad.content
+
+
+def test_logout_is_a_post(login, user):
+    client = login(user)
+    page = client.get(reverse("generate"))
+    assert re.search(rb'<form class="nav-user" method="post" action="/accounts/logout/">', page.content)
+    assert client.post(reverse("logout")).status_code == 302
+    assert client.get(reverse("history")).status_code == 302
+
+
+def test_nav_shows_staff_links_only_to_staff(login, user, staff_user):
+    assert b'href="/admin/"' not in login(user).get(reverse("models")).content
+    page = login(staff_user).get(reverse("models"))
+    assert b'href="/admin/"' in page.content and b'href="/backends/"' in page.content
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+def test_generate_page_offers_models_samplers_and_presets(login, user, checkpoint, lora):
+    from generation.comfyui.object_info import recorded_object_info
+
+    AvailableModel.objects.create(name="hidden.safetensors", type=ModelType.CHECKPOINT, is_active=False)
+    html = login(user).get(reverse("generate")).content.decode()
+    assert checkpoint.description in html
+    assert "hidden.safetensors" not in html
+    assert 'name="lora" value="tiny-lora.safetensors"' in html
+    assert 'data-insert="tinystyle"' in html
+    for sampler in recorded_object_info().samplers:
+        assert f'<option value="{sampler}"' in html
+    for scheduler in recorded_object_info().schedulers:
+        assert f'<option value="{scheduler}"' in html
+    assert '<option value="1024x1024">1024 × 1024</option>' in html
+    assert 'data-randomise-seed="id_seed"' in html
+    # every visible control is labelled
+    ids = set(re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', html))
+    labelled = set(re.findall(r'<label for="([^"]+)"', html))
+    assert ids - labelled == set()
+    assert 'name="csrfmiddlewaretoken"' in html
+
+
+def test_generate_without_checkpoints_says_what_to_do(login, user, staff_user):
+    assert b"Ask an administrator" in login(user).get(reverse("generate")).content
+    assert b"manage.py refresh_models" in login(staff_user).get(reverse("generate")).content
+
+
+def test_submit_with_two_loras_and_advanced_settings(login, user, checkpoint, lora, second_lora):
+    data = form_post(checkpoint, lora=[lora.name, second_lora.name], seed="1234", steps="6", cfg="5.5",
+                     sampler_name="dpmpp_2m", scheduler="karras", denoise="0.8", width="96", height="128",
+                     batch_size="2", idempotency_key="form-1")
+    data[f"strength_model__{lora.name}"] = "0.75"
+    data[f"strength_clip__{lora.name}"] = "0.5"
+    data[f"strength_model__{second_lora.name}"] = "1.25"
+    data[f"strength_clip__{second_lora.name}"] = "1"
+    data[f"strength_model__{checkpoint.name}"] = "9"  # a LoRA that was not ticked is ignored
+    response = login(user).post(reverse("generate"), data)
+    created = GenerationRequest.objects.get(user=user)
+    assert response.status_code == 302 and response["Location"] == reverse("request-detail", args=[created.pk])
+    assert created.lora_models == [
+        {"name": lora.name, "strength_model": 0.75, "strength_clip": 0.5},
+        {"name": second_lora.name, "strength_model": 1.25, "strength_clip": 1.0}]
+    assert created.sampler_params == {"seed": 1234, "steps": 6, "cfg": 5.5, "sampler_name": "dpmpp_2m",
+                                      "scheduler": "karras", "denoise": 0.8}
+    assert (created.width, created.height, created.batch_size) == (96, 128, 2)
+    # a double click re-posts the same form: no second request
+    again = login(user).post(reverse("generate"), data)
+    assert again["Location"] == response["Location"]
+    assert GenerationRequest.objects.filter(user=user).count() == 1
+
+
+def test_empty_seed_draws_a_random_one(login, user, checkpoint):
+    login(user).post(reverse("generate"), form_post(checkpoint, seed=""))
+    assert isinstance(GenerationRequest.objects.get(user=user).seed, int)
+
+
+def test_field_errors_shown_at_their_fields_and_input_kept(login, user, checkpoint, lora):
+    data = form_post(checkpoint, prompt="  ", negative_prompt="keep me", width="100", steps="0",
+                     sampler_name="nope", lora=[lora.name])
+    data[f"strength_model__{lora.name}"] = "500"
+    response = login(user).post(reverse("generate"), data)
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert not GenerationRequest.objects.exists()
+
+    def error_after(field_id):
+        match = re.search(rf'id="{field_id}".*?<ul class="field-errors"[^>]*>(.*?)</ul>', html, re.S)
+        return match and match.group(1)
+
+    assert "This field is required." in error_after("id_prompt")
+    assert "multiple of 8" in error_after("id_width")
+    assert "Must be between 1 and" in error_after("id_steps")
+    assert "not one of the backend" in error_after("id_sampler_name")
+    assert "Model strength: Must be between -100.0 and 100.0." in html
+    assert 'id="id_width" name="width" value="100"' in html
+    assert ">keep me</textarea>" in html
+    assert f'value="{lora.name}" id="lora-1" data-lora-toggle\n                 checked' in html
+    assert 'value="500"' in html
+    assert '<details class="advanced" id="advanced" open>' in html
+    assert 'aria-invalid="true" aria-describedby="err-steps"' in html
+
+
+def test_too_many_active_requests_is_explained(login, user, checkpoint, settings):
+    settings.GENERATION = {**settings.GENERATION, "MAX_ACTIVE_PER_USER": 1}
+    make_request(user, checkpoint)
+    response = login(user).post(reverse("generate"), form_post(checkpoint))
+    assert response.status_code == 429
+    assert b"unfinished requests" in response.content
+
+
+def test_generate_prefilled_from_an_earlier_request(login, user, other_user, checkpoint, lora):
+    earlier = make_request(user, checkpoint, prompt="reuse me",
+                           lora_models=[{"name": lora.name, "strength_model": 0.3, "strength_clip": 0.4}])
+    html = login(user).get(reverse("generate") + f"?from={earlier.pk}&seed=same").content.decode()
+    assert ">reuse me</textarea>" in html and 'value="42"' in html and 'value="0.3"' in html
+    fresh = login(user).get(reverse("generate") + f"?from={earlier.pk}").content.decode()
+    assert 'name="seed" value=""' in fresh
+    theirs = make_request(other_user, checkpoint, prompt="not yours")
+    assert b"not yours" not in login(user).get(reverse("generate") + f"?from={theirs.pk}").content
+
+
+# --- request card -----------------------------------------------------------------------------
+
+def test_request_page_and_live_partial(login, user, checkpoint):
+    running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.5, current_step=2, total_steps=4,
+                           current_node="3", workflow={"3": {"class_type": "KSampler", "inputs": {}}})
+    client = login(user)
+    page = client.get(reverse("request-detail", args=[running.pk]))
+    assert page.status_code == 200
+    assert b'data-live-url="/requests/' in page.content
+    partial = client.get(reverse("request-status", args=[running.pk]))
+    html = partial.content.decode()
+    assert "<html" not in html and 'data-active="true"' in html
+    assert "Step 2 / 4" in html and "KSampler (node 3)" in html and 'value="50"' in html
+    assert f'action="/requests/{running.pk}/cancel/"' in html
+    assert "no-cache" in partial["Cache-Control"]
+
+
+def test_queued_request_shows_its_queue_position(login, user, checkpoint):
+    make_request(user, checkpoint)
+    second = make_request(user, checkpoint)
+    assert b"position 2 in the queue" in login(user).get(reverse("request-status", args=[second.pk])).content
+
+
+def test_completed_and_failed_cards(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=2)
+    html = login(user).get(reverse("request-detail", args=[done.pk])).content.decode()
+    assert 'data-active="false"' in html and "2 images ready" in html
+    assert f"/api/v1/comfyui/{done.pk}/images/1/thumbnail/medium/" in html
+    assert reverse("image-viewer", args=[done.pk, 1]) in html
+    failed = make_request(user, checkpoint, status=Status.FAILED, error="KSampler: steps too high",
+                          error_detail={"node_type": "KSampler", "exception_type": "ValueError"})
+    html = login(user).get(reverse("request-detail", args=[failed.pk])).content.decode()
+    assert "KSampler: steps too high" in html and "edit these settings" in html
+
+
+def test_another_users_ids_answer_404(login, user, other_user, checkpoint):
+    theirs = make_request(other_user, checkpoint, status=Status.COMPLETED, outputs=1)
+    client = login(user)
+    for name, args in [("request-detail", [theirs.pk]), ("request-status", [theirs.pk]),
+                       ("request-delete", [theirs.pk]), ("image-viewer", [theirs.pk, 0])]:
+        assert client.get(reverse(name, args=args)).status_code == 404, name
+    for name in ("request-cancel", "request-regenerate", "request-delete"):
+        assert client.post(reverse(name, args=[theirs.pk]), {"confirm": "yes", "seed": "same"}).status_code == 404
+    assert client.get(f"/requests/{theirs.pk}x/").status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.status == Status.COMPLETED
+    assert GenerationRequest.objects.filter(user=user).count() == 0
+
+
+def test_not_found_page_says_what_to_do(login, user, other_user, checkpoint, settings):
+    settings.DEBUG = False
+    theirs = make_request(other_user, checkpoint)
+    response = login(user).get(reverse("request-detail", args=[theirs.pk]))
+    assert response.status_code == 404
+    assert b"belongs to someone else" in response.content and b"Go to your history" in response.content
+
+
+def test_staff_may_open_anyones_request(login, user, staff_user, checkpoint):
+    mine = make_request(user, checkpoint)
+    assert login(staff_user).get(reverse("request-detail", args=[mine.pk])).status_code == 200
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+def test_cancel_a_queued_request(login, user, checkpoint):
+    queued = make_request(user, checkpoint)
+    client = login(user)
+    assert client.get(reverse("request-cancel", args=[queued.pk])).status_code == 405
+    response = client.post(reverse("request-cancel", args=[queued.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("request-detail", args=[queued.pk])
+    queued.refresh_from_db()
+    assert queued.status == Status.CANCELLED
+    done = make_request(user, checkpoint, status=Status.COMPLETED)
+    too_late = client.post(reverse("request-cancel", args=[done.pk]), follow=True)
+    assert b"already completed" in too_late.content
+
+
+def test_regenerate_same_and_new_seed(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    client = login(user)
+    response = client.post(reverse("request-regenerate", args=[done.pk]), {"seed": "same"})
+    same = GenerationRequest.objects.exclude(pk=done.pk).get()
+    assert response["Location"] == reverse("request-detail", args=[same.pk])
+    assert same.seed == 42 and same.regenerated_from_id == done.pk
+    client.post(reverse("request-regenerate", args=[done.pk]), {"seed": "new"})
+    new = GenerationRequest.objects.exclude(pk__in=[done.pk, same.pk]).get()
+    assert new.prompt == done.prompt and new.sampler_params["steps"] == 4
+
+
+def test_regenerate_with_a_retired_model_explains(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED)
+    AvailableModel.objects.filter(pk=checkpoint.pk).update(is_active=False)
+    response = login(user).post(reverse("request-regenerate", args=[done.pk]), follow=True)
+    assert b"Cannot regenerate" in response.content and b"not an available checkpoint" in response.content
+
+
+def test_delete_needs_confirmation(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    client = login(user)
+    page = client.get(reverse("request-delete", args=[done.pk]))
+    assert page.status_code == 200 and b'name="confirm" value="yes"' in page.content
+    unconfirmed = client.post(reverse("request-delete", args=[done.pk]))
+    assert unconfirmed.status_code == 200 and GenerationRequest.objects.filter(pk=done.pk).exists()
+    response = client.post(reverse("request-delete", args=[done.pk]),
+                           {"confirm": "yes", "next": reverse("request-detail", args=[done.pk])})
+    assert response.status_code == 302 and response["Location"] == reverse("history")
+    assert not GenerationRequest.objects.filter(pk=done.pk).exists()
+
+
+def test_delete_of_an_active_request_cancels_it(login, user, checkpoint):
+    queued = make_request(user, checkpoint)
+    login(user).post(reverse("request-delete", args=[queued.pk]), {"confirm": "yes"})
+    queued.refresh_from_db()
+    assert queued.status == Status.CANCELLED
+
+
+def test_actions_refuse_a_foreign_next_url(login, user, checkpoint):
+    queued = make_request(user, checkpoint)
+    response = login(user).post(reverse("request-cancel", args=[queued.pk]), {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("request-detail", args=[queued.pk])
+
+
+# --- history ----------------------------------------------------------------------------------
+
+def test_history_empty_state(login, user):
+    html = login(user).get(reverse("history")).content.decode()
+    assert 'id="history-empty"' in html and "Generate your first image" in html
+
+
+def test_history_pagination_filter_sort_and_ownership(login, user, other_user, checkpoint):
+    for n in range(26):
+        make_request(user, checkpoint, status=Status.COMPLETED if n % 2 else Status.FAILED, prompt=f"prompt {n:02}")
+    make_request(other_user, checkpoint, prompt="someone else's")
+    client = login(user)
+    first = client.get(reverse("history")).content.decode()
+    assert first.count('class="card"') == 24 and "Page 1 of 2" in first and "prompt 25" in first
+    assert "someone else" not in first
+    second = client.get(reverse("history") + "?page=2").content.decode()
+    assert second.count('class="card"') == 2 and "prompt 00" in second
+    failed = client.get(reverse("history") + "?status=failed").content.decode()
+    assert failed.count('data-status="failed"') == 13 and 'data-status="completed"' not in failed
+    oldest = client.get(reverse("history") + "?sort=oldest").content.decode()
+    assert oldest.index("prompt 00") < oldest.index("prompt 01")
+    assert 'data-view="list"' in first and "data-view-container" in first
+    none = client.get(reverse("history") + "?status=running").content.decode()
+    assert 'id="history-no-match"' in none and "Show all requests" in none
+    assert client.get(reverse("history") + "?status=bogus&page=99&sort=x").status_code == 200
+
+
+def test_history_card_actions(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    html = login(user).get(reverse("history")).content.decode()
+    assert f'action="/requests/{done.pk}/regenerate/"' in html
+    assert f'action="/requests/{done.pk}/delete/"' in html and "data-confirm=" in html
+    assert f"/api/v1/comfyui/{done.pk}/images/0/thumbnail/medium/" in html
+    assert "64 × 64" in html and checkpoint.name in html
+
+
+# --- image viewer -----------------------------------------------------------------------------
+
+def test_image_viewer_navigation_and_parameters(login, user, checkpoint, lora):
+    older = make_request(user, checkpoint, status=Status.COMPLETED, outputs=2, prompt="older")
+    make_request(user, checkpoint, status=Status.FAILED, prompt="no images")
+    newer = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1, prompt="newer",
+                         lora_models=[{"name": lora.name, "strength_model": 0.7, "strength_clip": 1.0}])
+    client = login(user)
+    html = client.get(reverse("image-viewer", args=[newer.pk, 0])).content.decode()
+    assert "Image 1 of 1" in html
+    assert f'href="{reverse("image-viewer", args=[older.pk, 0])}" rel="next"' in html
+    assert 'rel="prev"' not in html
+    assert f'href="/api/v1/comfyui/{newer.pk}/images/0/?download=1" download' in html
+    assert "Steps: 4" in html and "&lt;lora:tiny-lora:0.7&gt;" in html
+    assert "&quot;checkpoint_model&quot;: &quot;tiny-sd15-random.safetensors&quot;" in html
+    assert 'data-copy="parameters-text"' in html
+    middle = client.get(reverse("image-viewer", args=[older.pk, 0])).content.decode()
+    assert f'href="{reverse("image-viewer", args=[newer.pk, 0])}" rel="prev"' in middle
+    assert f'href="{reverse("image-viewer", args=[older.pk, 1])}" rel="next"' in middle
+    assert client.get(reverse("image-viewer", args=[older.pk, 2])).status_code == 404
+
+
+# --- models and backends ----------------------------------------------------------------------
+
+def test_models_page_lists_offered_models_with_metadata(login, user, checkpoint, lora):
+    AvailableModel.objects.filter(pk=checkpoint.pk).update(recommended_width=512, recommended_height=768,
+                                                           size_bytes=2_000_000, sha256="ab" * 32)
+    AvailableModel.objects.create(name="gone.safetensors", type=ModelType.LORA, is_present=False)
+    html = login(user).get(reverse("models")).content.decode()
+    assert "Tiny SD1.5 test checkpoint" in html and "512 × 768" in html and "tinystyle" in html
+    assert "SD1.5" in html and "abababababab…" in html and "1.9\xa0MB" in html
+    assert "gone.safetensors" not in html
+
+
+def test_models_page_empty_state(login, user):
+    html = login(user).get(reverse("models")).content.decode()
+    assert "No checkpoints are offered yet" in html and "No LoRAs are offered yet" in html
+
+
+def test_backends_page_is_staff_only(login, user, staff_user, settings):
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    assert login(user).get(reverse("backends")).status_code == 404
+    html = login(staff_user).get(reverse("backends")).content.decode()
+    assert "http://127.0.0.1:9" in html and "Capacity" in html and "Queue depth" in html
