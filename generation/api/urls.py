@@ -1,3 +1,19 @@
-"""API v1 routes (filled by the API layer)."""
+"""API v1 routes: one router for the request and model viewsets, plus auth and staff views."""
 
-urlpatterns = []
+from django.urls import path, re_path
+from rest_framework.routers import DefaultRouter
+
+from generation.api import views
+
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False
+router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
+router.register("comfyui", views.GenerationViewSet, basename="generation")
+
+urlpatterns = [
+    path("comfyui/backends/", views.BackendsView.as_view(), name="backends"),
+    path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    path("auth/webhook-secret/", views.WebhookSecretView.as_view(), name="webhook-secret"),
+    *router.urls,
+    re_path(r"^.*$", views.not_found, name="api-not-found"),
+]

@@ -1,0 +1,285 @@
+"""API views: thin — parse input, call one service or selector, render the result.
+
+Writes go through :mod:`generation.services`, reads through :mod:`generation.selectors`,
+image bytes through :mod:`generation.serving`; errors become JSON in
+:mod:`generation.api.errors`. Another user's request id answers 404, never 403.
+"""
+
+from django.contrib.auth import authenticate
+from django.http import Http404, JsonResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import services, serving
+from generation.api.errors import error_body
+from generation.api.filters import ModelFilter, RequestFilter
+from generation.api.pagination import RequestCursorPagination
+from generation.api.parsers import BoundedFormParser, BoundedJSONParser
+from generation.api.serializers import (
+    AvailableModelSerializer,
+    ErrorSerializer,
+    GenerateSerializer,
+    GenerationRequestSerializer,
+    RegenerateSerializer,
+    TokenRequestSerializer,
+    TokenSerializer,
+    WebhookSecretSerializer,
+)
+from generation.api.throttles import SubmitThrottle, TokenThrottle
+from generation.selectors import request_for_user, requests_visible_to
+from generation.webhooks import rotate_webhook_secret, webhook_secret_for
+from models_registry.models import AvailableModel
+
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRUE_VALUES = {"1", "true", "yes", "on"}
+
+_ERR = OpenApiResponse(ErrorSerializer, description="Error (see the `error.code`)")
+AUTH_ERRORS = {401: _ERR}
+READ_ERRORS = {400: _ERR, 401: _ERR, 404: _ERR}
+IDEMPOTENCY_PARAM = OpenApiParameter(
+    IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Any string up to 255 characters; repeating it returns the original request (200) "
+                "instead of submitting again.")
+IMAGE_PARAMS = [
+    OpenApiParameter("index", OpenApiTypes.INT, OpenApiParameter.PATH, description="0-based image number"),
+    OpenApiParameter("download", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
+                     description="Send as an attachment with a file name"),
+]
+IMAGE_RESPONSES = {
+    (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The image"),
+    (206, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The requested byte range"),
+    302: OpenApiResponse(description="S3 storage: redirect to a short-lived signed URL"),
+    304: OpenApiResponse(description="Not modified (If-None-Match / If-Modified-Since)"),
+    401: _ERR, 404: _ERR, 416: _ERR,
+}
+THUMBNAIL_RESPONSES = {
+    **{key: value for key, value in IMAGE_RESPONSES.items() if not isinstance(key, tuple)},
+    (200, "image/webp"): OpenApiResponse(OpenApiTypes.BINARY, description="The thumbnail (WebP)"),
+    (200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description="The thumbnail (JPEG fallback)"),
+    (206, "image/webp"): OpenApiResponse(OpenApiTypes.BINARY, description="The requested byte range"),
+    (206, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description="The requested byte range"),
+}
+
+
+class AnyAcceptNegotiation(BaseContentNegotiation):
+    """Image endpoints answer bytes whatever ``Accept`` says; their errors are JSON."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+IMAGE_VIEW_OPTIONS = {"renderer_classes": [JSONRenderer], "content_negotiation_class": AnyAcceptNegotiation}
+
+
+def _idempotency_key(request):
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > 255 or not key.isprintable():
+        raise ValidationError({IDEMPOTENCY_HEADER: ["Must be 1 to 255 printable characters."]})
+    return key
+
+
+def _location(request, generation):
+    return request.build_absolute_uri(reverse("generation-detail", kwargs={"pk": generation.pk}))
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your requests (staff: everyone's), newest first, cursor-paginated",
+                       responses={200: GenerationRequestSerializer(many=True), **READ_ERRORS}),
+    retrieve=extend_schema(summary="One request: status, progress, queue position, parameters, image URLs",
+                           responses={200: GenerationRequestSerializer, **READ_ERRORS}),
+)
+class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Generation requests: submit, follow, cancel, regenerate, delete, download."""
+
+    serializer_class = GenerationRequestSerializer
+    pagination_class = RequestCursorPagination
+    filter_backends = [RequestFilter]
+    parser_classes = [BoundedJSONParser]
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        return requests_visible_to(self.request.user)
+
+    def get_object(self):
+        generation = request_for_user(user=self.request.user, request_id=self.kwargs["pk"])
+        if generation is None:
+            raise Http404("No such request.")
+        return generation
+
+    def get_throttles(self):
+        return [SubmitThrottle()] if self.action in ("generate", "regenerate") else super().get_throttles()
+
+    def get_serializer_class(self):
+        return {"generate": GenerateSerializer, "regenerate": RegenerateSerializer}.get(
+            self.action, GenerationRequestSerializer)
+
+    def _render(self, generation, *, status_code=status.HTTP_200_OK, headers=None):
+        data = GenerationRequestSerializer(generation, context=self.get_serializer_context()).data
+        return Response(data, status=status_code, headers=headers)
+
+    @extend_schema(summary="Submit a generation request", request=GenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
+                   responses={201: GenerationRequestSerializer,
+                              200: OpenApiResponse(GenerationRequestSerializer,
+                                                   description="Repeat of an Idempotency-Key: the original"),
+                              400: _ERR, 401: _ERR, 413: _ERR, 415: _ERR,
+                              429: OpenApiResponse(ErrorSerializer, description="Throttled or too many "
+                                                   "unfinished requests; see Retry-After")})
+    @action(detail=False, methods=["post"])
+    def generate(self, request):
+        generation, created = services.submit_generation(user=request.user, data=request.data,
+                                                         idempotency_key=_idempotency_key(request))
+        generation.refresh_from_db()  # queued by now (on commit), not the pending we created
+        if not created:
+            return self._render(generation)
+        return self._render(generation, status_code=status.HTTP_201_CREATED,
+                            headers={"Location": _location(request, generation)})
+
+    @extend_schema(summary="Cancel if active (200 with the request), else delete it and its files (204)",
+                   responses={200: GenerationRequestSerializer, 204: None, **READ_ERRORS})
+    def destroy(self, request, pk=None):
+        generation = services.delete_generation(request=self.get_object())
+        if generation is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return self._render(generation)
+
+    @extend_schema(summary="Cancel an active request", request=None,
+                   responses={200: GenerationRequestSerializer, 409: _ERR, **READ_ERRORS})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._render(services.cancel_generation(request=self.get_object()))
+
+    @extend_schema(summary="Submit the same parameters again (a new seed unless same_seed)",
+                   request=RegenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
+                   responses={201: GenerationRequestSerializer, 413: _ERR, 415: _ERR, 429: _ERR, **READ_ERRORS})
+    @action(detail=True, methods=["post"])
+    def regenerate(self, request, pk=None):
+        original = self.get_object()
+        body = RegenerateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        generation = services.regenerate_generation(request=original, user=request.user,
+                                                    same_seed=body.validated_data["same_seed"],
+                                                    idempotency_key=_idempotency_key(request))
+        generation.refresh_from_db()
+        return self._render(generation, status_code=status.HTTP_201_CREATED,
+                            headers={"Location": _location(request, generation)})
+
+    @extend_schema(summary="An image (owner only; ETag, Range, S3 redirect)", parameters=IMAGE_PARAMS,
+                   responses=IMAGE_RESPONSES)
+    @action(detail=True, methods=["get"], url_path=r"images/(?P<index>[0-9]{1,6})", url_name="image",
+            **IMAGE_VIEW_OPTIONS)
+    def image(self, request, pk=None, index=None):
+        return serving.image_response(request, request_id=pk, index=int(index),
+                                      download=request.query_params.get("download", "").lower() in TRUE_VALUES)
+
+    @extend_schema(summary="A thumbnail of an image (small, medium or large)", parameters=[
+        *IMAGE_PARAMS, OpenApiParameter("size", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                        enum=["small", "medium", "large"])], responses=THUMBNAIL_RESPONSES)
+    @action(detail=True, methods=["get"], url_path=r"images/(?P<index>[0-9]{1,6})/thumbnail/(?P<size>[a-z]{1,16})",
+            url_name="thumbnail", **IMAGE_VIEW_OPTIONS)
+    def thumbnail(self, request, pk=None, index=None, size=None):
+        return serving.image_response(request, request_id=pk, index=int(index), size=size,
+                                      download=request.query_params.get("download", "").lower() in TRUE_VALUES)
+
+
+@extend_schema_view(list=extend_schema(summary="Models you can choose (active and present)",
+                                       responses={200: AvailableModelSerializer(many=True), **READ_ERRORS}))
+class AvailableModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Checkpoints and LoRAs on offer; ``?type=checkpoint|lora``, ``?search=`` (name or description)."""
+
+    serializer_class = AvailableModelSerializer
+    filter_backends = [ModelFilter]
+    pagination_class = None
+
+    def get_queryset(self):
+        return AvailableModel.objects.filter(is_active=True, is_present=True).order_by("type", "name")
+
+
+class BackendSerializer(serializers.Serializer):
+    url = serializers.CharField()
+    healthy = serializers.BooleanField()
+    down_until = serializers.DateTimeField(allow_null=True)
+    consecutive_failures = serializers.IntegerField()
+    last_error = serializers.CharField(allow_blank=True)
+    last_ok_at = serializers.DateTimeField(allow_null=True)
+    last_checked_at = serializers.DateTimeField(allow_null=True)
+    capacity = serializers.IntegerField()
+    running = serializers.IntegerField()
+    executing = serializers.IntegerField()
+    waiting_on_backend = serializers.IntegerField()
+    free_slots = serializers.IntegerField()
+    loaded_checkpoint = serializers.CharField(allow_blank=True)
+    jobs_completed = serializers.IntegerField()
+    jobs_failed = serializers.IntegerField()
+    completed_last_hour = serializers.IntegerField()
+    failed_last_hour = serializers.IntegerField()
+    recent_failures = serializers.ListField(child=serializers.DictField())
+
+
+class BackendsView(APIView):
+    """Staff: each ComfyUI backend's health, load and recent failures."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(summary="Backend health and queue depth (staff only)",
+                   responses={200: BackendSerializer(many=True), 401: _ERR, 403: _ERR})
+    def get(self, request):
+        from generation.backends import backend_overview
+
+        return Response(BackendSerializer(backend_overview(), many=True).data)
+
+
+class TokenView(APIView):
+    """Exchange a username and password for an API token (``Authorization: Token <token>``)."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = [TokenThrottle]
+    parser_classes = [BoundedJSONParser, BoundedFormParser]
+
+    @extend_schema(summary="Get your API token", request=TokenRequestSerializer, auth=[],
+                   responses={200: TokenSerializer, 400: _ERR, 413: _ERR, 415: _ERR, 429: _ERR})
+    def post(self, request):
+        body = TokenRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = authenticate(request._request, username=body.validated_data["username"],
+                            password=body.validated_data["password"])
+        if user is None or not user.is_active:
+            raise ValidationError({"non_field_errors": ["Unable to log in with the provided credentials."]})
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+class WebhookSecretView(APIView):
+    """Your webhook signing secret: read it, or rotate it (POST)."""
+
+    parser_classes = [BoundedJSONParser]
+
+    @extend_schema(summary="Your webhook signing secret", responses={200: WebhookSecretSerializer, **AUTH_ERRORS})
+    def get(self, request):
+        return Response(WebhookSecretSerializer(webhook_secret_for(request.user)).data)
+
+    @extend_schema(summary="Rotate your webhook signing secret", request=None,
+                   responses={200: WebhookSecretSerializer, **AUTH_ERRORS})
+    def post(self, request):
+        return Response(WebhookSecretSerializer(rotate_webhook_secret(request.user)).data)
+
+
+def not_found(request, *args, **kwargs):
+    """Any other path under /api/v1/: the API's JSON 404, not Django's HTML page."""
+    return JsonResponse(error_body(code="not_found", message="No such API endpoint."), status=404)

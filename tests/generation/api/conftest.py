@@ -1,0 +1,80 @@
+"""Fixtures for API tests: token-authenticated clients and requests created directly in any state."""
+
+import io
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.utils import timezone
+from PIL import Image
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from generation.models import GenerationRequest
+from generation.states import TERMINAL, Status
+from generation.storage import image_path, thumbnail_path
+
+
+@pytest.fixture
+def client_for(db):
+    """``client_for(user)``: an APIClient sending that user's token (``None``: anonymous)."""
+
+    def make(user):
+        client = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(client_for, user):
+    return client_for(user)
+
+
+def png_bytes(width=64, height=48, color=(200, 30, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_request(db, checkpoint):
+    """Create a request row directly in ``status``; ``images=n`` stores n real PNGs plus thumbnails."""
+
+    def make(user, status=Status.QUEUED, *, images=0, **fields):
+        now = timezone.now()
+        values = {"prompt": "a lighthouse at dusk", "checkpoint_model": checkpoint.name, "checkpoint": checkpoint,
+                  "width": 64, "height": 48, "batch_size": max(1, images),
+                  "sampler_params": {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler",
+                                     "scheduler": "normal", "denoise": 1.0},
+                  "status": status, **fields}
+        if status in TERMINAL:
+            values.setdefault("finished_at", now)
+        if status in (Status.QUEUED, Status.RUNNING) or status in TERMINAL:
+            values.setdefault("queued_at", now)
+        if status == Status.RUNNING:
+            values.setdefault("backend", "http://127.0.0.1:9")
+            values.setdefault("started_at", now)
+            values.setdefault("attempts", 1)
+        request = GenerationRequest.objects.create(user=user, **values)
+        if images:
+            storage = storages["default"]
+            outputs, thumbnails = [], []
+            for index in range(images):
+                name = storage.save(image_path(request, index), ContentFile(png_bytes(color=(index * 40, 80, 120))))
+                outputs.append(name)
+                thumbs = {}
+                for size in ("small", "medium", "large"):
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (16, 12), (index * 40, 80, 120)).save(buffer, format="WEBP")
+                    thumbs[size] = storage.save(thumbnail_path(request, index, size, "webp"),
+                                                ContentFile(buffer.getvalue()))
+                thumbnails.append(thumbs)
+            GenerationRequest.objects.filter(pk=request.pk).update(outputs=outputs, thumbnails=thumbnails)
+            request.refresh_from_db()
+        return request
+
+    return make
