@@ -278,6 +278,11 @@ class EventStream:
                 self.socket.close()
             self.socket = None
 
+    def _lost(self):
+        self.close()
+        self._next_connect = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, self.max_reconnect_delay)
+
     def _receive(self, timeout):
         """One parsed frame, None on timeout; drops the socket on any error."""
         self.socket.settimeout(max(timeout, 0.001))
@@ -286,12 +291,12 @@ class EventStream:
         except websocket.WebSocketTimeoutException:
             return None
         except (OSError, websocket.WebSocketException):
-            self.close()
-            self._next_connect = time.monotonic() + self._delay
+            self._lost()
             return None
-        if not frame or isinstance(frame, bytes):  # binary frames are previews; a None/empty frame is a close
-            if not frame:
-                self.close()
+        if not frame:  # the server closed the socket
+            self._lost()
+            return None
+        if isinstance(frame, bytes):  # binary frames carry previews
             return None
         try:
             return ev.parse_event(json.loads(frame))

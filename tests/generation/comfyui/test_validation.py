@@ -1,0 +1,83 @@
+"""validation.py reproduces ComfyUI's POST /prompt answers, checked against every recorded sample."""
+
+import pytest
+
+from generation.comfyui.validation import validate_prompt
+from tests.generation.comfyui.conftest import PROTOCOL, recorded
+
+ERROR_SAMPLES = sorted(p.name for p in PROTOCOL.glob("prompt-error-400-*.json"))
+PARTIAL_SAMPLES = sorted(p.name for p in PROTOCOL.glob("prompt-partial-*-200.json"))
+
+
+def _comparable(node_errors):
+    """Node errors without what differs by machine (tracebacks) or set order (dependent outputs)."""
+    out = {}
+    for node_id, entry in node_errors.items():
+        errors = []
+        for error in entry["errors"]:
+            extra = {k: v for k, v in error["extra_info"].items() if k != "traceback"}
+            errors.append({**error, "extra_info": extra})
+        out[node_id] = {"errors": errors, "class_type": entry["class_type"],
+                        "dependent_outputs": sorted(entry["dependent_outputs"])}
+    return out
+
+
+def test_every_error_case_is_sampled():
+    assert len(ERROR_SAMPLES) == 11 and len(PARTIAL_SAMPLES) == 2
+
+
+@pytest.mark.parametrize("name", [n for n in ERROR_SAMPLES if "without-prompt-key" not in n])
+def test_rejections_match_the_recorded_400_bodies(name, recorded_object_info_data):
+    sample = recorded(name)
+    expected = sample["response"]["body"]
+    result = validate_prompt(sample["request"]["json"]["prompt"], recorded_object_info_data)
+    assert not result.ok
+    body = result.body()
+    assert body["error"] == expected["error"]
+    assert _comparable(body["node_errors"]) == _comparable(expected["node_errors"])
+
+
+def test_exception_during_validation_carries_a_traceback(recorded_object_info_data):
+    sample = recorded("prompt-error-400-link-to-missing-node.json")
+    result = validate_prompt(sample["request"]["json"]["prompt"], recorded_object_info_data)
+    extra = result.node_errors["3"]["errors"][0]["extra_info"]
+    assert extra["exception_type"] == "KeyError"
+    assert extra["traceback"] and all(isinstance(line, str) for line in extra["traceback"])
+
+
+@pytest.mark.parametrize("name", PARTIAL_SAMPLES)
+def test_partial_acceptance_matches_the_recorded_200_bodies(name, recorded_object_info_data):
+    sample = recorded(name)
+    result = validate_prompt(sample["request"]["json"]["prompt"], recorded_object_info_data)
+    assert result.ok
+    assert result.outputs == ["4"]
+    assert _comparable(result.node_errors) == _comparable(sample["response"]["body"]["node_errors"])
+
+
+@pytest.mark.parametrize("name", ["prompt-accepted.json", "prompt-accepted-txt2img-lora.json",
+                                  "prompt-accepted-execution-error.json"])
+def test_accepted_graphs_validate(name, recorded_object_info_data):
+    result = validate_prompt(recorded(name)["request"]["json"]["prompt"], recorded_object_info_data)
+    assert result.ok and result.node_errors == {}
+
+
+def test_value_below_min(recorded_object_info_data):
+    graph = recorded("prompt-accepted-txt2img-lora.json")["request"]["json"]["prompt"]
+    graph["3"]["inputs"]["steps"] = 0
+    result = validate_prompt(graph, recorded_object_info_data)
+    (error,) = result.node_errors["3"]["errors"]
+    assert error["type"] == "value_smaller_than_min"
+    assert error["message"] == "Value 0 smaller than min of 1"
+    assert error["extra_info"]["input_name"] == "steps"
+
+
+def test_newer_combo_shape_is_understood(recorded_object_info_data):
+    data = recorded_object_info_data
+    spec = data["KSampler"]["input"]["required"]["sampler_name"]
+    data["KSampler"]["input"]["required"]["sampler_name"] = ["COMBO", {"options": spec[0]}]
+    graph = recorded("prompt-accepted-txt2img-lora.json")["request"]["json"]["prompt"]
+    assert validate_prompt(graph, data).ok
+    graph["3"]["inputs"]["sampler_name"] = "nope"
+    result = validate_prompt(graph, data)
+    assert result.node_errors["3"]["errors"][0]["type"] == "value_not_in_list"
+    assert "(list of length 44)" in result.node_errors["3"]["errors"][0]["details"]
