@@ -1,2 +1,110 @@
+"""Staff look at requests and backends here; nothing is edited by hand.
 
-# Register your models here.
+Status changes belong to :mod:`generation.states` and files to :mod:`generation.storage`, so
+these admins are read-only: editing a row here would bypass both.
+"""
+
+import json
+import uuid
+
+from django.contrib import admin
+from django.contrib.admin.utils import flatten_fieldsets
+from django.template.defaultfilters import truncatechars
+from django.utils.html import format_html
+
+from generation.models import BackendState, GenerationRequest
+
+
+def _pretty_json(value):
+    if value in (None, "", {}, []):
+        return "—"
+    return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
+                       json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GenerationRequest)
+class GenerationRequestAdmin(ReadOnlyAdmin):
+    list_display = ("id", "user", "status", "short_prompt", "checkpoint_model", "backend", "progress_percent",
+                    "attempts", "created_at", "finished_at")
+    list_filter = ("status", "backend", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("user",)
+    search_fields = ("prompt", "user__username", "user__email", "comfyui_prompt_id")
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # counting a big history on every page is slow
+    fieldsets = (
+        (None, {"fields": ("id", "user", "status", "progress_percent", "current_node", "current_step",
+                           "total_steps", "backend", "comfyui_prompt_id", "attempts")}),
+        ("Asked for", {"fields": ("prompt", "negative_prompt", "checkpoint_model", "checkpoint", "pretty_loras",
+                                  "width", "height", "batch_size", "pretty_sampler_params", "webhook_url",
+                                  "idempotency_key", "regenerated_from")}),
+        ("Error", {"fields": ("error", "pretty_error_detail")}),
+        ("Results", {"fields": ("pretty_outputs", "pretty_thumbnails", "webhook_delivered_at")}),
+        ("Workflow sent to ComfyUI", {"classes": ("collapse",), "fields": ("pretty_workflow",)}),
+        ("Times", {"fields": ("created_at", "queued_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
+                              "deadline_at")}),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        return flatten_fieldsets(self.fieldsets)
+
+    def get_search_results(self, request, queryset, search_term):
+        """A pasted request id (a UUID) finds that request; anything else searches prompt and user."""
+        try:
+            request_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=request_id), False
+
+    @admin.display(description="prompt")
+    def short_prompt(self, obj):
+        return truncatechars(obj.prompt, 60)
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_percent(self, obj):
+        return f"{obj.progress:.0%}"
+
+    @admin.display(description="LoRAs")
+    def pretty_loras(self, obj):
+        return _pretty_json(obj.lora_models)
+
+    @admin.display(description="sampler parameters")
+    def pretty_sampler_params(self, obj):
+        return _pretty_json(obj.sampler_params)
+
+    @admin.display(description="error detail (ComfyUI node / exception)")
+    def pretty_error_detail(self, obj):
+        return _pretty_json(obj.error_detail)
+
+    @admin.display(description="outputs")
+    def pretty_outputs(self, obj):
+        return _pretty_json(obj.outputs)
+
+    @admin.display(description="thumbnails")
+    def pretty_thumbnails(self, obj):
+        return _pretty_json(obj.thumbnails)
+
+    @admin.display(description="workflow")
+    def pretty_workflow(self, obj):
+        return _pretty_json(obj.workflow)
+
+
+@admin.register(BackendState)
+class BackendStateAdmin(ReadOnlyAdmin):
+    list_display = ("url", "is_healthy", "capacity", "consecutive_failures", "down_until", "loaded_checkpoint",
+                    "jobs_completed", "jobs_failed", "last_ok_at", "last_checked_at", "short_error")
+    list_filter = ("is_healthy",)
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return truncatechars(obj.last_error, 80)
