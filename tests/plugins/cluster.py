@@ -1,1 +1,192 @@
-"""Fixtures for cluster tests (see tests/conftest.py)."""
+"""Fixtures that run a real Django-Q cluster (``manage.py qcluster``) against the test database.
+
+- ``cluster_factory(backends, **options)``: start a qcluster subprocess whose ComfyUI backends are
+  the given simulator URLs (``url`` or ``(url, capacity)``), with short heartbeat / stale /
+  backoff settings; the test process's settings are switched to the same values, so services,
+  the dispatcher and the reconciler called from the test agree with the workers. Options:
+  ``workers``, ``redis_url`` (use the Redis broker instead of the ORM one), ``generation``
+  (``GENERATION`` overrides). Returns a :class:`Cluster`; every cluster is stopped after the test.
+- ``wait_for_request(request_id, *statuses, timeout)``: poll the row until it reaches a status.
+
+Tests using them need ``@pytest.mark.django_db(transaction=True)`` (the workers must see
+committed rows) and ``@pytest.mark.integration``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+TEST_GENERATION = {
+    "HEARTBEAT_SECONDS": 0.1,
+    "STALE_HEARTBEAT_SECONDS": 2,
+    "BACKEND_BACKOFF_MAX_SECONDS": 1,
+    "JOB_DEADLINE_SECONDS": 60,
+    "MAX_ATTEMPTS": 3,
+}
+_ENV_NAMES = {  # GENERATION key -> environment variable read by genonaut/settings.py
+    "HEARTBEAT_SECONDS": "HEARTBEAT_SECONDS",
+    "STALE_HEARTBEAT_SECONDS": "STALE_HEARTBEAT_SECONDS",
+    "BACKEND_BACKOFF_MAX_SECONDS": "BACKEND_BACKOFF_MAX_SECONDS",
+    "JOB_DEADLINE_SECONDS": "JOB_DEADLINE_SECONDS",
+    "MAX_ATTEMPTS": "MAX_ATTEMPTS",
+    "AFFINITY": "DISPATCH_AFFINITY",
+    "AFFINITY_MAX_SKIPS": "AFFINITY_MAX_SKIPS",
+    "MAX_ACTIVE_PER_USER": "MAX_ACTIVE_PER_USER",
+    "RETENTION_DAYS": "RETENTION_DAYS",
+}
+
+
+def database_url():
+    """The URL of the database this test uses (the test database, not the configured one)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"])
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def backend_list(backends):
+    result = []
+    for backend in backends:
+        url, capacity = (backend, 2) if isinstance(backend, str) else backend
+        result.append({"url": getattr(url, "url", url).rstrip("/"), "capacity": capacity})
+    return result
+
+
+class Cluster:
+    """A running ``qcluster`` process group."""
+
+    def __init__(self, env, log_path):
+        self.env = env
+        self.log_path = log_path
+        self.process = None
+
+    def start(self):
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT,
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"qcluster exited: {self.log()[-3000:]}")
+            if " running." in self.log():
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"qcluster did not start within {START_TIMEOUT}s: {self.log()[-3000:]}")
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def kill(self):
+        """SIGKILL the whole cluster (its own process group: parent, sentinel, workers, monitor)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout=5.0):
+        if self.process is None or self.process.poll() is not None:
+            self.kill()
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()  # whatever is left of the group (a worker still in a task)
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+
+@pytest.fixture
+def cluster_factory(transactional_db, settings, _media_root):
+    """Start qcluster subprocesses; each is stopped (then its group killed) after the test."""
+    from django_q.conf import Conf
+
+    started = []
+    saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "CLUSTER_NAME", "PREFIX")}
+
+    def factory(backends, *, workers=None, redis_url=None, generation=None, env=None):
+        backends = backend_list(backends)
+        overrides = {**TEST_GENERATION, **(generation or {})}
+        settings.COMFYUI_BACKENDS = backends
+        settings.GENERATION = {**settings.GENERATION, **overrides}
+        name = f"genonaut-test-{uuid.uuid4().hex[:8]}"
+        child_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "genonaut.test_settings",
+            "DATABASE_URL": database_url(),
+            "DATABASE_CONN_MAX_AGE": "0",
+            "COMFYUI_URL": ",".join(f"{b['url']};capacity={b['capacity']}" for b in backends),
+            "COMFYUI_TIMEOUT": "2",
+            "MEDIA_ROOT": str(_media_root),
+            "Q_WORKERS": str(workers or max(2, sum(b["capacity"] for b in backends))),
+            "Q_POLL": "0.02",
+            "Q_CLUSTER_NAME": name,
+            "REDIS_URL": redis_url or "",
+            "LOG_LEVEL": "INFO",  # the readiness line " running." is logged at INFO
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, value in overrides.items():
+            child_env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
+        child_env.update(env or {})
+        # the test process enqueues to the same broker and queue as the cluster
+        Conf.CLUSTER_NAME = Conf.PREFIX = name
+        if redis_url:
+            Conf.ORM, Conf.REDIS = None, redis_url
+        log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
+        log.close()
+        cluster = Cluster(child_env, log.name)
+        started.append(cluster)
+        return cluster.start()
+
+    yield factory
+    for cluster in started:
+        cluster.stop()
+        Path(cluster.log_path).unlink(missing_ok=True)
+    for name, value in saved_conf.items():
+        setattr(Conf, name, value)
+
+
+@pytest.fixture
+def wait_for_request():
+    """``wait_for_request(id, "completed", "failed", timeout=10)`` → the row once it has one of those statuses."""
+    from generation.models import GenerationRequest
+
+    def wait(request_id, *statuses, timeout=15.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        while True:
+            row = GenerationRequest.objects.get(pk=request_id)
+            if row.status in statuses:
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"request {request_id} is {row.status} (progress {row.progress}, "
+                                     f"error {row.error!r}), not {statuses}, after {timeout}s")
+            time.sleep(interval)
+
+    return wait

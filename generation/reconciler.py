@@ -1,0 +1,141 @@
+"""The reconciler: the scheduled safety net that makes every request end in a true state.
+
+Workers do the work and wake each other; this finds what fell between the cracks — a worker
+killed mid-job (stale heartbeat), a job past its deadline, a wake-up the broker lost, a
+backend whose backoff expired — and repairs it with conditional updates, so running it twice,
+or on two hosts at once, is harmless. It also applies the file-retention policy.
+Runs every minute (``manage.py setup_schedules``) and on demand (``manage.py reconcile``).
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.tasks import async_task
+
+from generation import backends, states
+from generation.models import GenerationRequest
+from generation.runner import stop_on_backend
+from generation.states import Status
+from generation.storage import delete_request_files
+
+logger = logging.getLogger(__name__)
+
+LOST_WAKEUP_SECONDS = 5  # a request queued this long while a slot is free had its wake-up lost
+PENDING_GRACE_SECONDS = 30  # pending this long: the submit's on-commit hook never ran
+RETENTION_BATCH = 200
+
+
+def reconcile():
+    """Run every repair once; return what was done, as counts."""
+    report = {
+        "timed_out": fail_past_deadline(),
+        "taken_over": take_over_stale(),
+        "pending_queued": queue_forgotten_pending(),
+        "backends_back": len(probe_backends()),
+        "wakeups": wake_for_waiting(),
+        "retention_cleared": apply_retention(),
+    }
+    if any(report.values()):
+        logger.info("reconcile: %s", report)
+    return report
+
+
+def fail_past_deadline(now=None):
+    """Running jobs past their deadline: interrupt them on ComfyUI and fail "timed out after N s"."""
+    now = now or timezone.now()
+    limit = settings.GENERATION["JOB_DEADLINE_SECONDS"]
+    count = 0
+    for request in GenerationRequest.objects.filter(status=Status.RUNNING, deadline_at__lt=now):
+        stop_on_backend(request)
+        if states.transition(request.pk, Status.FAILED, expect={Status.RUNNING}, where={"attempts": request.attempts},
+                             error=f"Timed out after {limit} s",
+                             error_detail={"reason": "deadline", "deadline_seconds": limit,
+                                           "backend": request.backend, "attempt": request.attempts}):
+            backends.record_outcome(request.backend, completed=False)
+            count += 1
+    return count
+
+
+def take_over_stale(now=None):
+    """Running jobs whose worker stopped heart-beating: take the lease and enqueue ``resume``,
+    which re-attaches to the prompt on ComfyUI (or requeues it if ComfyUI lost it)."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.GENERATION["STALE_HEARTBEAT_SECONDS"])
+    count = 0
+    stale = GenerationRequest.objects.filter(status=Status.RUNNING).filter(
+        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True)).values_list("id", "attempts", "heartbeat_at")
+    for request_id, attempts, heartbeat in stale:
+        lease = timezone.now()
+        won = GenerationRequest.objects.filter(pk=request_id, status=Status.RUNNING, attempts=attempts,
+                                               heartbeat_at=heartbeat).update(heartbeat_at=lease, updated_at=lease)
+        if won:
+            logger.warning("request %s attempt %s: heartbeat stale since %s, resuming", request_id, attempts,
+                           heartbeat)
+            async_task("generation.tasks.resume", request_id, attempts, lease)
+            count += 1
+    return count
+
+
+def queue_forgotten_pending(now=None):
+    now = now or timezone.now()
+    count = 0
+    old = GenerationRequest.objects.filter(status=Status.PENDING,
+                                           created_at__lt=now - timedelta(seconds=PENDING_GRACE_SECONDS))
+    for request_id in old.values_list("id", flat=True):
+        count += states.transition(request_id, Status.QUEUED, expect={Status.PENDING})
+    return count
+
+
+def probe_backends():
+    """Probe backends whose backoff expired; wake workers for the slots the ones back offer."""
+    back = backends.probe_due_backends()
+    if back:
+        from generation.tasks import wake_dispatcher
+
+        wake_dispatcher(backends.free_slots())
+    return back
+
+
+def wake_for_waiting(now=None):
+    """Queued work that has waited a while with a slot free and too few wake-ups in the broker:
+    send the missing wake-ups (a lost wake-up must not strand a request)."""
+    now = now or timezone.now()
+    waiting = GenerationRequest.objects.filter(status=Status.QUEUED,
+                                               queued_at__lt=now - timedelta(seconds=LOST_WAKEUP_SECONDS))
+    if not waiting.exists():
+        return 0
+    free = backends.free_slots()
+    if not free:
+        return 0
+    try:
+        in_flight = get_broker().queue_size() or 0
+    except Exception:
+        in_flight = 0
+    missing = max(0, min(free, waiting.count()) - in_flight)
+    if missing:
+        from generation.tasks import wake_dispatcher
+
+        wake_dispatcher(missing)
+    return missing
+
+
+def apply_retention(now=None):
+    """With ``GENERATION["RETENTION_DAYS"]`` > 0: delete the files of requests finished longer ago
+    and clear the rows' references (the rows stay, so history still shows what was asked)."""
+    days = settings.GENERATION["RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=days)
+    old = (GenerationRequest.objects.filter(status__in=sorted(states.TERMINAL), finished_at__lt=cutoff)
+           .exclude(outputs=[], thumbnails=[])[:RETENTION_BATCH])
+    count = 0
+    for request in old:
+        if delete_request_files(request) == 0:
+            GenerationRequest.objects.filter(pk=request.pk).update(outputs=[], thumbnails=[])
+            count += 1
+    return count
