@@ -233,9 +233,8 @@ def test_server_errors_are_retried_then_raised(simulator):
     with pytest.raises(BackendUnavailable, match="HTTP 500"), client.view(**image) as stream:
         b"".join(stream)
     simulator.set_faults(view_fail_rate=0.0)
-    with pytest.raises(OutputMissing):
-        with client.view("nope_00001_.png", "t", "output") as stream:
-            b"".join(stream)
+    with pytest.raises(OutputMissing), client.view("nope_00001_.png", "t", "output") as stream:
+        b"".join(stream)
 
 
 def test_catalogue_calls(simulator, settings):
