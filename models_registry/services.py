@@ -216,7 +216,7 @@ def _ask_backend(scan, url):
             scan.complete[model_type] = False
         scan.problems.append(f"ComfyUI URL {url!r} is not an http(s) URL")
         return
-    client = ComfyUIClient(url)
+    client = ComfyUIClient(url, retries=1)  # someone is waiting for the listing: fail fast, report it
     for model_type, folder in COMFYUI_FOLDER.items():
         try:
             names = client.models(folder)

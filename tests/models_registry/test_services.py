@@ -347,3 +347,17 @@ def test_health_check_reports_each_model(db, models_dir, comfy_models_server):
     assert not reports["broken.safetensors"].ok and "header unreadable" in reports["broken.safetensors"].message
     assert reports[remote.name].ok and comfy_models_server.url in reports[remote.name].message
     assert not reports[unknown.name].ok and "not listed" in reports[unknown.name].message
+
+
+@pytest.mark.integration
+def test_api_source_against_the_simulator(db, settings, simulator):
+    settings.COMFYUI_MODELS_DIR = ""
+    settings.COMFYUI_BACKENDS = [{"url": simulator.url, "capacity": 1}]
+    result = refresh_models(source="api")
+    assert result.errors == [] and result.sources_ok == 2
+    assert "styles/watercolor.safetensors" in names(LORA)
+    assert "tiny-sd15-random.safetensors" in names(CKPT)
+    simulator.configure(checkpoints=["tiny-sd15-random.safetensors"], loras=[])
+    result = refresh_models(source="api")
+    assert "lora:styles/watercolor.safetensors" in result.missing
+    assert names_offered(CKPT) == {"tiny-sd15-random.safetensors"} and names_offered(LORA) == set()
