@@ -45,12 +45,20 @@ def _back(request, default):
 
 
 def image_links(generation):
-    """URLs of each stored image of ``generation``: full size, download and thumbnails."""
-    base = f"/api/v1/comfyui/{generation.pk}/images"
-    return [{"index": n, "url": f"{base}/{n}/", "download": f"{base}/{n}/?download=1",
-             "thumbnail": f"{base}/{n}/thumbnail/medium/", "small": f"{base}/{n}/thumbnail/small/",
-             "viewer": reverse("image-viewer", args=[generation.pk, n])}
-            for n in range(len(generation.outputs or []))]
+    """URLs of each stored image of ``generation`` (served by the API's owner-checked image views)."""
+    links = []
+    for n in range(len(generation.outputs or [])):
+        url = reverse("generation-image", kwargs={"pk": generation.pk, "index": n})
+        sizes = generation.thumbnails[n] if n < len(generation.thumbnails or []) else {}
+
+        def thumbnail(size, n=n, sizes=sizes, url=url):
+            if size not in (sizes or {}):
+                return url  # no thumbnail of that size was made: the browser scales the image
+            return reverse("generation-thumbnail", kwargs={"pk": generation.pk, "index": n, "size": size})
+
+        links.append({"index": n, "url": url, "download": f"{url}?download=1", "thumbnail": thumbnail("medium"),
+                      "small": thumbnail("small"), "viewer": reverse("image-viewer", args=[generation.pk, n])})
+    return links
 
 
 def _status_context(generation):

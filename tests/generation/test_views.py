@@ -34,7 +34,8 @@ def make_request(user, checkpoint, *, status=Status.QUEUED, outputs=0, prompt="a
         user=user, prompt=prompt, checkpoint_model=checkpoint.name, checkpoint=checkpoint, status=status,
         width=64, height=64, batch_size=max(1, outputs), sampler_params=sampler,
         outputs=[f"generations/{user.pk}/2026/01/01/x_{n}.png" for n in range(outputs)],
-        thumbnails=[{"small": f"generations/{user.pk}/2026/01/01/thumbs/x_{n}_small.webp"} for n in range(outputs)],
+        thumbnails=[{size: f"generations/{user.pk}/2026/01/01/thumbs/x_{n}_{size}.webp" for size in ("small", "medium")}
+                    for n in range(outputs)],
         **fields)
 
 
@@ -48,7 +49,7 @@ def form_post(checkpoint, **overrides):
 
 # --- access -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["generate", "history", "models", "backends"])
+@pytest.mark.parametrize("name", ["generate", "history", "models", "backends-page"])
 def test_pages_need_login(client, name):
     response = client.get(reverse(name))
     assert response.status_code == 302
@@ -381,6 +382,6 @@ def test_models_page_empty_state(login, user):
 
 def test_backends_page_is_staff_only(login, user, staff_user, settings):
     settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
-    assert login(user).get(reverse("backends")).status_code == 404
-    html = login(staff_user).get(reverse("backends")).content.decode()
+    assert login(user).get(reverse("backends-page")).status_code == 404
+    html = login(staff_user).get(reverse("backends-page")).content.decode()
     assert "http://127.0.0.1:9" in html and "Capacity" in html and "Queue depth" in html
