@@ -139,12 +139,11 @@ def _range(request, *, etag, last_modified, length):
             return False
         return max(0, length - suffix), length - 1
     start = int(first)
-    end = int(last) if last else length - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # syntactically invalid: ignore the header
     if start >= length:
         return False
-    return start, min(end, length - 1)
+    return start, min(int(last) if last else length - 1, length - 1)
 
 
 def _file_response(request, path, *, content_type, disposition):

@@ -58,8 +58,8 @@ def test_token_endpoint_is_json_or_form_only(client, user):
     assert response.status_code == 415
 
 
-def test_session_auth_works_for_the_browser(client, user, make_request):
-    mine = make_request(user)
+def test_session_auth_works_for_the_browser(client, user, make_generation):
+    mine = make_generation(user)
     client.force_login(user)
     response = client.get(f"/api/v1/comfyui/{mine.pk}/")
     assert response.status_code == 200
@@ -122,11 +122,11 @@ EXPECTED = {
 
 @pytest.mark.parametrize("who", list(EXPECTED))
 @pytest.mark.parametrize("route", list(EXPECTED["owner"]))
-def test_authorization_matrix(who, route, client_for, user, other_user, staff_user, make_request, valid_params,
+def test_authorization_matrix(who, route, client_for, user, other_user, staff_user, make_generation, valid_params,
                               monkeypatch):
     monkeypatch.setattr("generation.backends.backend_overview", lambda **kwargs: [])
     # an active request with images, so cancel and delete (→ cancel) both succeed for those allowed
-    target = make_request(user, Status.RUNNING, images=1, comfyui_prompt_id=str(uuid.uuid4()))
+    target = make_generation(user, Status.RUNNING, images=1, comfyui_prompt_id=str(uuid.uuid4()))
     caller = {"anonymous": None, "owner": user, "other": other_user, "staff": staff_user}[who]
     method, path, body = _routes(target.pk, valid_params)[route]
     response = getattr(client_for(caller), method)(path, body, format="json")
@@ -135,6 +135,6 @@ def test_authorization_matrix(who, route, client_for, user, other_user, staff_us
         assert response.json()["error"]["code"]
 
 
-def test_other_users_list_never_shows_my_requests(client_for, user, other_user, make_request):
-    make_request(user)
+def test_other_users_list_never_shows_my_requests(client_for, user, other_user, make_generation):
+    make_generation(user)
     assert client_for(other_user).get("/api/v1/comfyui/").json()["results"] == []

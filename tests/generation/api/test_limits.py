@@ -36,18 +36,18 @@ def test_submit_throttle_answers_429_with_retry_after(api, valid_params, monkeyp
     assert api.get("/api/v1/comfyui/").status_code == 200
 
 
-def test_regenerate_counts_against_the_submit_throttle(api, user, make_request, monkeypatch, fresh_cache):
+def test_regenerate_counts_against_the_submit_throttle(api, user, make_generation, monkeypatch, fresh_cache):
     monkeypatch.setattr(SubmitThrottle, "THROTTLE_RATES", {"submit": "1/min"})
-    original = make_request(user, Status.COMPLETED)
+    original = make_generation(user, Status.COMPLETED)
     assert api.post(f"/api/v1/comfyui/{original.pk}/regenerate/", {}, format="json").status_code == 201
     assert api.post(f"/api/v1/comfyui/{original.pk}/regenerate/", {}, format="json").status_code == 429
 
 
-def test_active_limit_answers_429_with_retry_after(api, user, valid_params, settings, make_request):
+def test_active_limit_answers_429_with_retry_after(api, user, valid_params, settings, make_generation):
     settings.GENERATION = {**settings.GENERATION, "MAX_ACTIVE_PER_USER": 2}
-    make_request(user, Status.QUEUED)
-    make_request(user, Status.RUNNING)
-    make_request(user, Status.COMPLETED)  # finished ones do not count
+    make_generation(user, Status.QUEUED)
+    make_generation(user, Status.RUNNING)
+    make_generation(user, Status.COMPLETED)  # finished ones do not count
     response = api.post(GENERATE, valid_params, format="json")
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "too_many_active_requests"

@@ -109,8 +109,8 @@ def test_overlong_idempotency_key_is_a_field_error(api, valid_params):
 # --- read -----------------------------------------------------------------------------------------
 
 
-def test_detail_shows_progress_backend_and_timestamps(api, user, make_request):
-    request = make_request(user, Status.RUNNING, progress=0.25, current_node="3", current_step=5, total_steps=20)
+def test_detail_shows_progress_backend_and_timestamps(api, user, make_generation):
+    request = make_generation(user, Status.RUNNING, progress=0.25, current_node="3", current_step=5, total_steps=20)
     body = api.get(detail(request.pk)).json()
     assert body["status"] == "running"
     assert body["progress"] == {"fraction": 0.25, "current_node": "3", "step": 5, "total_steps": 20}
@@ -119,16 +119,16 @@ def test_detail_shows_progress_backend_and_timestamps(api, user, make_request):
     assert body["started_at"] and body["created_at"] and body["finished_at"] is None
 
 
-def test_detail_of_a_failed_request_has_error_and_detail(api, user, make_request):
-    request = make_request(user, Status.FAILED, error="KSampler: out of memory",
+def test_detail_of_a_failed_request_has_error_and_detail(api, user, make_generation):
+    request = make_generation(user, Status.FAILED, error="KSampler: out of memory",
                            error_detail={"node_id": "3", "exception_type": "torch.OutOfMemoryError"})
     body = api.get(detail(request.pk)).json()
     assert body["error"] == "KSampler: out of memory"
     assert body["error_detail"]["exception_type"] == "torch.OutOfMemoryError"
 
 
-def test_detail_of_a_completed_request_links_images_and_thumbnails(api, user, make_request):
-    request = make_request(user, Status.COMPLETED, images=2)
+def test_detail_of_a_completed_request_links_images_and_thumbnails(api, user, make_generation):
+    request = make_generation(user, Status.COMPLETED, images=2)
     body = api.get(detail(request.pk)).json()
     assert [image["index"] for image in body["images"]] == [0, 1]
     first = body["images"][0]
@@ -140,9 +140,9 @@ def test_detail_of_a_completed_request_links_images_and_thumbnails(api, user, ma
     assert api.get(first["thumbnails"]["medium"]).status_code == 200
 
 
-def test_queue_position_while_waiting(api, user, other_user, make_request):
-    make_request(other_user, Status.QUEUED)
-    mine = make_request(user, Status.QUEUED)
+def test_queue_position_while_waiting(api, user, other_user, make_generation):
+    make_generation(other_user, Status.QUEUED)
+    mine = make_generation(user, Status.QUEUED)
     assert api.get(detail(mine.pk)).json()["queue_position"] == 2
 
 
@@ -161,15 +161,15 @@ def _ids(response):
     return [item["id"] for item in response.json()["results"]]
 
 
-def test_list_shows_only_my_requests_newest_first(api, user, other_user, make_request):
-    old = make_request(user, Status.COMPLETED)
-    new = make_request(user, Status.QUEUED)
-    make_request(other_user, Status.QUEUED)
+def test_list_shows_only_my_requests_newest_first(api, user, other_user, make_generation):
+    old = make_generation(user, Status.COMPLETED)
+    new = make_generation(user, Status.QUEUED)
+    make_generation(other_user, Status.QUEUED)
     assert _ids(api.get(LIST)) == [str(new.pk), str(old.pk)]
 
 
-def test_list_pages_forward_and_back_with_a_cursor(api, user, make_request):
-    made = [make_request(user, Status.COMPLETED) for _ in range(7)]
+def test_list_pages_forward_and_back_with_a_cursor(api, user, make_generation):
+    made = [make_generation(user, Status.COMPLETED) for _ in range(7)]
     expected = [str(r.pk) for r in reversed(made)]
     first = api.get(LIST, {"page_size": 3}).json()
     assert [r["id"] for r in first["results"]] == expected[:3] and first["previous"] is None
@@ -181,8 +181,8 @@ def test_list_pages_forward_and_back_with_a_cursor(api, user, make_request):
     assert [r["id"] for r in back["results"]] == expected[3:6]
 
 
-def test_list_orders_by_created_or_updated_both_ways(api, user, make_request):
-    a, b, c = (make_request(user, Status.COMPLETED) for _ in range(3))
+def test_list_orders_by_created_or_updated_both_ways(api, user, make_generation):
+    a, b, c = (make_generation(user, Status.COMPLETED) for _ in range(3))
     GenerationRequest.objects.filter(pk=a.pk).update(updated_at=timezone.now() + datetime.timedelta(minutes=5))
     assert _ids(api.get(LIST, {"ordering": "created_at"})) == [str(a.pk), str(b.pk), str(c.pk)]
     assert _ids(api.get(LIST, {"ordering": "-created_at"})) == [str(c.pk), str(b.pk), str(a.pk)]
@@ -190,10 +190,10 @@ def test_list_orders_by_created_or_updated_both_ways(api, user, make_request):
     assert _ids(api.get(LIST, {"ordering": "updated_at"}))[-1] == str(a.pk)
 
 
-def test_list_filters_by_status_checkpoint_dates_and_search(api, user, make_request):
-    queued = make_request(user, Status.QUEUED, prompt="a red fox in snow")
-    running = make_request(user, Status.RUNNING, prompt="a blue whale")
-    failed = make_request(user, Status.FAILED, prompt="a red car", checkpoint_model="other.safetensors")
+def test_list_filters_by_status_checkpoint_dates_and_search(api, user, make_generation):
+    queued = make_generation(user, Status.QUEUED, prompt="a red fox in snow")
+    running = make_generation(user, Status.RUNNING, prompt="a blue whale")
+    failed = make_generation(user, Status.FAILED, prompt="a red car", checkpoint_model="other.safetensors")
     GenerationRequest.objects.filter(pk=failed.pk).update(created_at=timezone.now() - datetime.timedelta(days=3))
     assert set(_ids(api.get(LIST, {"status": "queued,running"}))) == {str(queued.pk), str(running.pk)}
     assert set(_ids(api.get(f"{LIST}?status=queued&status=failed"))) == {str(queued.pk), str(failed.pk)}
@@ -217,9 +217,9 @@ def test_list_rejects_bad_query_parameters(api, user, query):
     assert response.json()["error"]["fields"]
 
 
-def test_staff_list_everyone_and_filter_by_user(client_for, staff_user, user, other_user, make_request):
-    mine = make_request(user)
-    theirs = make_request(other_user)
+def test_staff_list_everyone_and_filter_by_user(client_for, staff_user, user, other_user, make_generation):
+    mine = make_generation(user)
+    theirs = make_generation(other_user)
     staff = client_for(staff_user)
     assert set(_ids(staff.get(LIST))) == {str(mine.pk), str(theirs.pk)}
     assert _ids(staff.get(LIST, {"user": other_user.username})) == [str(theirs.pk)]
@@ -230,29 +230,29 @@ def test_staff_list_everyone_and_filter_by_user(client_for, staff_user, user, ot
 # --- cancel, delete, regenerate ---------------------------------------------------------------------
 
 
-def test_cancel_a_queued_request(api, user, make_request):
-    request = make_request(user, Status.QUEUED)
+def test_cancel_a_queued_request(api, user, make_generation):
+    request = make_generation(user, Status.QUEUED)
     response = api.post(f"{detail(request.pk)}cancel/")
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled" and response.json()["finished_at"]
 
 
-def test_cancel_a_running_request_with_an_unreachable_backend_still_cancels(api, user, make_request):
-    request = make_request(user, Status.RUNNING, comfyui_prompt_id=str(uuid.uuid4()))
+def test_cancel_a_running_request_with_an_unreachable_backend_still_cancels(api, user, make_generation):
+    request = make_generation(user, Status.RUNNING, comfyui_prompt_id=str(uuid.uuid4()))
     response = api.post(f"{detail(request.pk)}cancel/")
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "cancelled"
 
 
-def test_cancel_is_idempotent_for_a_cancelled_request(api, user, make_request):
-    request = make_request(user, Status.CANCELLED)
+def test_cancel_is_idempotent_for_a_cancelled_request(api, user, make_generation):
+    request = make_generation(user, Status.CANCELLED)
     response = api.post(f"{detail(request.pk)}cancel/")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED])
-def test_cancel_a_finished_request_is_409(api, user, make_request, status):
-    request = make_request(user, status)
+def test_cancel_a_finished_request_is_409(api, user, make_generation, status):
+    request = make_generation(user, status)
     response = api.post(f"{detail(request.pk)}cancel/")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "not_cancellable"
@@ -260,15 +260,15 @@ def test_cancel_a_finished_request_is_409(api, user, make_request, status):
     assert request.status == status
 
 
-def test_delete_an_active_request_cancels_it(api, user, make_request):
-    request = make_request(user, Status.PENDING)
+def test_delete_an_active_request_cancels_it(api, user, make_generation):
+    request = make_generation(user, Status.PENDING)
     response = api.delete(detail(request.pk))
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert GenerationRequest.objects.filter(pk=request.pk).exists()
 
 
-def test_delete_a_finished_request_removes_it_and_its_files(api, user, make_request, _media_root):
-    request = make_request(user, Status.COMPLETED, images=2)
+def test_delete_a_finished_request_removes_it_and_its_files(api, user, make_generation, _media_root):
+    request = make_generation(user, Status.COMPLETED, images=2)
     files = [_media_root / name for name in request.outputs] + [
         _media_root / name for thumbs in request.thumbnails for name in thumbs.values()]
     assert all(path.exists() for path in files)
@@ -279,8 +279,8 @@ def test_delete_a_finished_request_removes_it_and_its_files(api, user, make_requ
 
 
 @pytest.mark.parametrize("same_seed", [True, False])
-def test_regenerate(api, user, make_request, same_seed):
-    original = make_request(user, Status.COMPLETED, images=1)
+def test_regenerate(api, user, make_generation, same_seed):
+    original = make_generation(user, Status.COMPLETED, images=1)
     response = api.post(f"{detail(original.pk)}regenerate/", {"same_seed": same_seed}, format="json")
     assert response.status_code == 201, response.content
     body = response.json()
@@ -289,8 +289,8 @@ def test_regenerate(api, user, make_request, same_seed):
     assert (body["sampler_params"]["seed"] == 42) is same_seed or body["sampler_params"]["seed"] == 42
 
 
-def test_regenerate_rejects_a_non_boolean(api, user, make_request):
-    original = make_request(user, Status.COMPLETED)
+def test_regenerate_rejects_a_non_boolean(api, user, make_generation):
+    original = make_generation(user, Status.COMPLETED)
     response = api.post(f"{detail(original.pk)}regenerate/", {"same_seed": {"x": 1}}, format="json")
     assert response.status_code == 400
     assert "same_seed" in response.json()["error"]["fields"]

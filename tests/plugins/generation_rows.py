@@ -1,4 +1,5 @@
-"""Fixtures for API tests: token-authenticated clients and requests created directly in any state."""
+"""Fixtures for API, serving and webhook tests: token-authenticated clients, requests created directly
+in any state (optionally with real PNGs and thumbnails in storage), and an S3 server (moto) on loopback."""
 
 import io
 
@@ -41,7 +42,7 @@ def png_bytes(width=64, height=48, color=(200, 30, 30)):
 
 
 @pytest.fixture
-def make_request(db, checkpoint):
+def make_generation(db, checkpoint):
     """Create a request row directly in ``status``; ``images=n`` stores n real PNGs plus thumbnails."""
 
     def make(user, status=Status.QUEUED, *, images=0, **fields):
@@ -78,3 +79,37 @@ def make_request(db, checkpoint):
         return request
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_server, settings, monkeypatch):
+    """Default storage switched to django-storages' S3 backend on the moto server, with a fresh bucket."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    bucket = f"genonaut-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    settings.AWS_QUERYSTRING_EXPIRE = 120
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": bucket, "endpoint_url": s3_server, "region_name": "us-east-1",
+                    "access_key": "testing", "secret_key": "testing", "querystring_auth": True,
+                    "querystring_expire": 120, "default_acl": None, "file_overwrite": True}}}
+    return {"bucket": bucket, "endpoint": s3_server}
