@@ -374,7 +374,7 @@ def _check_remote(model, backends, listings):
         key = (url, folder)
         if key not in listings:
             try:
-                listings[key] = set(ComfyUIClient(url).models(folder))
+                listings[key] = set(ComfyUIClient(url, retries=1).models(folder))
             except (ComfyUIError, OSError, ValueError) as exc:
                 listings[key] = f"{url} did not answer: {exc}"
         if isinstance(listings[key], set):
