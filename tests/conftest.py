@@ -5,7 +5,8 @@ from django.contrib.auth import get_user_model
 
 from models_registry.models import AvailableModel, ModelType
 
-pytest_plugins = ["tests.plugins.simulator", "tests.plugins.cluster", "tests.plugins.browser"]
+pytest_plugins = ["tests.plugins.simulator", "tests.plugins.cluster", "tests.plugins.browser",
+                  "tests.plugins.generation_rows"]
 
 
 @pytest.fixture(autouse=True)
