@@ -348,20 +348,46 @@ class Simulator:
             await self._send("executing", {"node": None, "prompt_id": item.prompt_id},
                              item.extra_data.get("client_id"))
 
-    def _execution_order(self, prompt, outputs):
-        order, seen = [], set()
-
-        def visit(node_id):
-            if node_id in seen:
-                return
-            seen.add(node_id)
-            for value in prompt[node_id].get("inputs", {}).values():
-                if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
-                    visit(value[0])
-            order.append(node_id)
-
+    @staticmethod
+    def _execution_order(prompt, outputs, catalogue, cached=()):
+        """The order ComfyUI's ExecutionList runs nodes: a ready node feeding an output soonest goes first."""
+        pending, blocking, needs = {}, {}, {}
         for output_id in outputs:
-            visit(output_id)
+            stack = [output_id]
+            while stack:
+                node_id = stack.pop()
+                if node_id in pending:
+                    continue
+                pending[node_id] = True
+                blocking.setdefault(node_id, set())
+                needs.setdefault(node_id, set())
+                for value in prompt[node_id].get("inputs", {}).values():
+                    if isinstance(value, list) and len(value) == 2 and value[0] in prompt and value[0] not in cached:
+                        stack.append(value[0])
+                        needs[node_id].add(value[0])
+                        blocking.setdefault(value[0], set()).add(node_id)
+
+        def is_output(node_id):
+            return catalogue[prompt[node_id]["class_type"]].get("output_node") is True
+
+        def pick(ready):
+            for node_id in ready:
+                if is_output(node_id):
+                    return node_id
+            for node_id in ready:
+                if any(is_output(b) for b in blocking[node_id]):
+                    return node_id
+            for node_id in ready:
+                if any(is_output(b2) for b in blocking[node_id] for b2 in blocking[b]):
+                    return node_id
+            return ready[0]
+
+        order, done = [], set()
+        while pending:
+            node_id = pick([n for n in pending if needs[n] <= done])
+            del pending[node_id]
+            done.add(node_id)
+            order.append(node_id)
         return order
 
     @staticmethod
@@ -391,11 +417,12 @@ class Simulator:
             await self._send(kind, data, sid)
 
         await announce("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}, keep=True)
-        order = self._execution_order(prompt, item.outputs)
-        signatures = self._signatures(prompt, order)
-        cached = [node_id for node_id in order if self.node_cache.get(node_id) == signatures[node_id]
+        signatures = self._signatures(prompt, self._execution_order(prompt, item.outputs, catalogue))
+        cached = [node_id for node_id in prompt if self.node_cache.get(node_id) == signatures.get(node_id)
                   and (not catalogue[prompt[node_id]["class_type"]].get("output_node")
                        or node_id in self.output_cache)]
+        cached_outputs = [node_id for node_id in item.outputs if node_id in cached]
+        order = self._execution_order(prompt, [o for o in item.outputs if o not in cached], catalogue, cached)
         await announce("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()},
                        keep=True)
         fail_now = self.faults["execution_error_rate"] and self.rng.random() < self.faults["execution_error_rate"]
@@ -409,19 +436,16 @@ class Simulator:
 
         current = None
         try:
+            for node_id in cached_outputs:  # cached outputs are announced again with their earlier files
+                ui = self.output_cache[node_id]
+                await announce("executed", {"node": node_id, "display_node": node_id, "output": ui,
+                                            "prompt_id": prompt_id})
+                outputs[node_id] = ui
+                meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
+                                 "real_node_id": node_id}
+                await announce("progress_state", node_state(node_id, 1, 1, "finished"))
             for node_id in order:
-                node = prompt[node_id]
-                class_type = node["class_type"]
-                if node_id in cached:
-                    if node_id in self.output_cache:
-                        ui = self.output_cache[node_id]
-                        await announce("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                                    "prompt_id": prompt_id})
-                        outputs[node_id] = ui
-                        meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
-                                         "real_node_id": node_id}
-                        await announce("progress_state", node_state(node_id, 1, 1, "finished"))
-                    continue
+                class_type = prompt[node_id]["class_type"]
                 if self.interrupt_requested:
                     raise _Interrupted()
                 current = (node_id, class_type)
@@ -460,7 +484,7 @@ class Simulator:
             self._store_history(item, outputs={}, status_str="error", messages=messages, meta={})
             return
         # ComfyUI's cache keeps only the nodes of the last prompt
-        self.node_cache = {node_id: signatures[node_id] for node_id in order}
+        self.node_cache = {node_id: signatures[node_id] for node_id in signatures}
         self.output_cache = {node_id: ui for node_id, ui in self.output_cache.items() if node_id in outputs}
         await announce("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()}, keep=True)
         self._store_history(item, outputs=outputs, status_str="success", messages=messages, meta=meta)

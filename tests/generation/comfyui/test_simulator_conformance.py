@@ -1,0 +1,304 @@
+"""The simulator answers like the recorded ComfyUI 0.8.0: status codes, body shapes, frame sequences."""
+
+import copy
+import io
+import json
+import time
+import uuid
+
+import pytest
+import requests
+import websocket
+from PIL import Image
+
+from tests.generation.comfyui.conftest import PROTOCOL, recorded
+
+pytestmark = pytest.mark.integration
+
+EMPTY_IMAGE_GRAPH = recorded("prompt-accepted.json")["request"]["json"]["prompt"]
+TXT2IMG_LORA_GRAPH = recorded("prompt-accepted-txt2img-lora.json")["request"]["json"]["prompt"]
+ERROR_GRAPH = recorded("prompt-accepted-execution-error.json")["request"]["json"]["prompt"]
+
+
+def shape(value):
+    """Structure without values: keys, element shapes, JSON types (int and float are both numbers)."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def frame_types(frames):
+    return [frame["type"] for frame in frames]
+
+
+class Socket:
+    """A raw websocket client recording every frame, like the recorder did."""
+
+    def __init__(self, url, client_id=None):
+        query = f"?clientId={client_id}" if client_id else ""
+        self.ws = websocket.create_connection(url.replace("http://", "ws://") + "/ws" + query, timeout=5)
+        self.frames = [json.loads(self.ws.recv())]
+
+    def until_done(self, prompt_id, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = json.loads(self.ws.recv())
+            self.frames.append(frame)
+            if frame["type"] == "executing" and frame["data"]["node"] is None \
+                    and frame["data"].get("prompt_id") == prompt_id:
+                return self.frames
+        raise AssertionError(f"no end frame for {prompt_id}: {frame_types(self.frames)}")
+
+    def close(self):
+        self.ws.close()
+
+
+def post_prompt(simulator, graph, client_id="conformance", **extra):
+    return requests.post(f"{simulator.url}/prompt", json={"prompt": graph, "client_id": client_id, **extra},
+                         timeout=5)
+
+
+def run_recorded(simulator, graph):
+    client_id = str(uuid.uuid4())
+    socket = Socket(simulator.url, client_id)
+    response = post_prompt(simulator, graph, client_id)
+    assert response.status_code == 200, response.text
+    frames = socket.until_done(response.json()["prompt_id"])
+    socket.close()
+    return response.json()["prompt_id"], frames
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PROTOCOL.glob("prompt-error-400-*.json")))
+def test_rejections_have_the_recorded_status_and_shape(simulator, name):
+    sample = recorded(name)
+    response = requests.post(f"{simulator.url}/prompt", json=sample["request"]["json"], timeout=5)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
+    expected = sample["response"]["body"]
+    body = response.json()
+    assert body["error"]["type"] == expected["error"]["type"]
+    assert shape(body["error"]) == shape(expected["error"])
+    assert sorted(body["node_errors"]) == sorted(expected["node_errors"])
+    for node_id, entry in expected["node_errors"].items():
+        assert [e["type"] for e in body["node_errors"][node_id]["errors"]] == [e["type"] for e in entry["errors"]]
+        assert shape(body["node_errors"][node_id]) == shape(entry)
+
+
+def test_body_that_is_not_json_is_a_plain_500(simulator):
+    sample = recorded("prompt-error-500-invalid-json.json")
+    response = requests.post(f"{simulator.url}/prompt", data=sample["request"]["raw_body"],
+                             headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 500
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.text == sample["response"]["body"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PROTOCOL.glob("prompt-partial-*-200.json")))
+def test_partial_acceptance_is_200_with_node_errors(simulator, name):
+    sample = recorded(name)
+    response = requests.post(f"{simulator.url}/prompt", json=sample["request"]["json"], timeout=5)
+    assert response.status_code == 200
+    assert shape(response.json()) == shape(sample["response"]["body"])
+
+
+def test_success_frames_follow_the_recorded_sequence(simulator):
+    prompt_id, frames = run_recorded(simulator, EMPTY_IMAGE_GRAPH)
+    expected = recorded("ws-success.jsonl")
+    assert frame_types(frames) == frame_types(expected)
+    assert [f["data"].get("node") for f in frames] == [f["data"].get("node") for f in expected]
+    assert frames[0]["data"]["sid"] and frames[0]["data"]["status"]["exec_info"]["queue_remaining"] == 0
+    for got, want in zip(frames[3:], expected[3:], strict=True):
+        assert shape(got) == shape(want), (got, want)
+    history = requests.get(f"{simulator.url}/history/{prompt_id}", timeout=5).json()
+    assert shape(history[prompt_id]) == shape(recorded("history-success.json")[list(recorded(
+        "history-success.json"))[0]])
+    saved = history[prompt_id]["outputs"]["3"]["images"][0]
+    assert saved["subfolder"] == "proto" and saved["filename"] == "empty_00001_.png"
+    assert history[prompt_id]["outputs"]["4"]["images"][0]["type"] == "temp"
+
+
+def test_cached_rerun_follows_the_recorded_sequence(simulator):
+    first_id, _ = run_recorded(simulator, EMPTY_IMAGE_GRAPH)
+    prompt_id, frames = run_recorded(simulator, EMPTY_IMAGE_GRAPH)
+    expected = recorded("ws-success-cached.jsonl")
+    assert frame_types(frames[1:]) == frame_types(expected)
+    cached = next(f for f in frames if f["type"] == "execution_cached")["data"]["nodes"]
+    assert sorted(cached) == ["1", "2", "3", "4"]
+    history = requests.get(f"{simulator.url}/history", timeout=5).json()
+    assert history[prompt_id]["outputs"] == history[first_id]["outputs"]
+
+
+def test_txt2img_frames_follow_the_recorded_sequence_then_warm_run_caches_loaders(simulator):
+    _, frames = run_recorded(simulator, TXT2IMG_LORA_GRAPH)
+    expected = recorded("ws-txt2img-lora.jsonl")
+    assert frame_types(frames) == frame_types(expected)
+    executing = [f["data"]["node"] for f in frames if f["type"] == "executing"]
+    assert executing == [f["data"]["node"] for f in expected if f["type"] == "executing"]
+    progress = [f["data"] for f in frames if f["type"] == "progress"]
+    assert progress == [{"value": 1, "max": 2, "prompt_id": progress[0]["prompt_id"], "node": "3"},
+                        {"value": 2, "max": 2, "prompt_id": progress[0]["prompt_id"], "node": "3"}]
+    warm = copy.deepcopy(TXT2IMG_LORA_GRAPH)
+    warm["3"]["inputs"]["seed"] = 43
+    _, frames = run_recorded(simulator, warm)
+    cached = next(f for f in frames if f["type"] == "execution_cached")["data"]["nodes"]
+    assert cached == ["4", "6", "7", "5", "10"]  # in prompt order, like ComfyUI
+    assert frame_types(frames[1:]) == frame_types(recorded("ws-txt2img-lora-warm.jsonl"))
+
+
+def test_execution_error_frames_and_history(simulator):
+    prompt_id, frames = run_recorded(simulator, ERROR_GRAPH)
+    expected = recorded("ws-execution-error.jsonl")
+    assert frame_types(frames) == frame_types(expected)
+    error = next(f for f in frames if f["type"] == "execution_error")
+    assert shape(error) == shape(next(f for f in expected if f["type"] == "execution_error"))
+    entry = requests.get(f"{simulator.url}/history/{prompt_id}", timeout=5).json()[prompt_id]
+    recorded_entry = list(recorded("history-execution-error.json").values())[0]
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert entry["outputs"] == {} and [m[0] for m in entry["status"]["messages"]] == \
+        [m[0] for m in recorded_entry["status"]["messages"]]
+
+
+def test_interrupt_frames_queue_and_history(simulator):
+    simulator.configure(step_time=0.02)
+    slow = copy.deepcopy(TXT2IMG_LORA_GRAPH)
+    slow["3"]["inputs"]["steps"] = 60
+    client_id = str(uuid.uuid4())
+    socket = Socket(simulator.url, client_id)
+    running = post_prompt(simulator, slow, client_id).json()["prompt_id"]
+    waiting = [post_prompt(simulator, EMPTY_IMAGE_GRAPH).json() for _ in range(2)]
+    front = post_prompt(simulator, EMPTY_IMAGE_GRAPH, front=True).json()
+    assert front["number"] < 0
+    queue = requests.get(f"{simulator.url}/queue", timeout=5).json()
+    assert shape(queue) == shape(recorded("queue-running-and-pending.json"))
+    assert queue["queue_running"][0][1] == running and len(queue["queue_pending"]) == 3
+    assert requests.get(f"{simulator.url}/history/{waiting[0]['prompt_id']}", timeout=5).json() == {}
+    assert requests.get(f"{simulator.url}/history/{running}", timeout=5).json() == {}
+    delete = requests.post(f"{simulator.url}/queue", json={"delete": [waiting[0]["prompt_id"]]}, timeout=5)
+    assert (delete.status_code, delete.content) == (200, b"")
+    ignored = requests.post(f"{simulator.url}/interrupt", json={"prompt_id": waiting[1]["prompt_id"]}, timeout=5)
+    assert (ignored.status_code, ignored.content) == (200, b"")
+    assert simulator.stats()["running"] == running
+    requests.post(f"{simulator.url}/interrupt", json={"prompt_id": running}, timeout=5)
+    frames = socket.until_done(running)
+    assert frame_types(frames)[-3:] == ["execution_interrupted", "status", "executing"]
+    entry = requests.get(f"{simulator.url}/history/{running}", timeout=5).json()[running]
+    assert shape(entry["status"]) == shape(list(recorded("history-interrupted.json").values())[0]["status"])
+    # the front prompt runs before the ones sent earlier
+    simulator.wait_for(lambda s: s["running"] is None and not s["pending"])
+    order = list(requests.get(f"{simulator.url}/history", timeout=5).json())
+    assert order.index(front["prompt_id"]) < order.index(waiting[1]["prompt_id"])
+    assert waiting[0]["prompt_id"] not in order
+    clear = requests.post(f"{simulator.url}/queue", json={"clear": True}, timeout=5)
+    assert (clear.status_code, clear.content) == (200, b"")
+    socket.close()
+
+
+def test_client_prompt_id_is_honoured_and_not_deduplicated(simulator):
+    sample = recorded("prompt-accepted-client-prompt_id.json")
+    socket = Socket(simulator.url)
+    sid = socket.frames[0]["data"]["sid"]
+    assert len(sid) == 32 and int(sid, 16) >= 0  # made-up hex sid, like ComfyUI without clientId
+    first = requests.post(f"{simulator.url}/prompt", json=sample["first_post"]["request"]["json"], timeout=5).json()
+    second = requests.post(f"{simulator.url}/prompt", json=sample["second_post_same_prompt_id"]["request"]["json"],
+                           timeout=5).json()
+    prompt_id = "11111111-2222-3333-4444-555555555555"
+    assert first["prompt_id"] == second["prompt_id"] == prompt_id
+    assert second["number"] == first["number"] + 1
+    simulator.wait_for(lambda s: s["executions"].get(prompt_id) == 2 and s["running"] is None)
+    history = requests.get(f"{simulator.url}/history", timeout=5).json()
+    assert list(history).count(prompt_id) == 1 and history[prompt_id]["prompt"][0] == second["number"]
+    socket.close()
+
+
+def test_other_clients_only_get_status_frames(simulator):
+    other = Socket(simulator.url, "someone-else")
+    run_recorded(simulator, EMPTY_IMAGE_GRAPH)
+    other.ws.settimeout(0.2)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        while True:
+            other.frames.append(json.loads(other.ws.recv()))
+    assert set(frame_types(other.frames)) == {"status"}
+    other.close()
+
+
+def test_history_paging_and_deletion(simulator):
+    ids = [run_recorded(simulator, {**EMPTY_IMAGE_GRAPH, "3": {**EMPTY_IMAGE_GRAPH["3"],
+                                                               "inputs": {**EMPTY_IMAGE_GRAPH["3"]["inputs"],
+                                                                          "filename_prefix": f"p{i}"}}})[0]
+           for i in range(3)]
+    get = lambda query: list(requests.get(f"{simulator.url}/history{query}", timeout=5).json())  # noqa: E731
+    assert get("") == ids
+    assert get("?max_items=2") == ids[1:]  # the newest two
+    assert get("?max_items=1&offset=0") == ids[:1]  # from the oldest
+    assert requests.get(f"{simulator.url}/history/{uuid.uuid4()}", timeout=5).json() == {}
+    delete = requests.post(f"{simulator.url}/history", json={"delete": [ids[0]]}, timeout=5)
+    assert (delete.status_code, delete.content) == (200, b"") and get("") == ids[1:]
+    requests.post(f"{simulator.url}/history", json={"clear": True}, timeout=5)
+    assert get("") == []
+
+
+def test_view_serves_pngs_with_metadata_and_the_recorded_error_codes(simulator):
+    extra = {"extra_pnginfo": {"workflow": {"nodes": []}}}
+    client_id = str(uuid.uuid4())
+    socket = Socket(simulator.url, client_id)
+    prompt_id = post_prompt(simulator, EMPTY_IMAGE_GRAPH, client_id, extra_data=extra).json()["prompt_id"]
+    socket.until_done(prompt_id)
+    socket.close()
+    view = f"{simulator.url}/view"
+    response = requests.get(view, params={"filename": "empty_00001_.png", "subfolder": "proto", "type": "output"},
+                            timeout=5)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/png"
+    for header in ("Content-Disposition", "Etag", "Last-Modified"):
+        assert header in response.headers
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (96, 80)  # ImageScale's size, like the recording
+    assert json.loads(image.text["prompt"]) == EMPTY_IMAGE_GRAPH
+    assert json.loads(image.text["workflow"]) == {"nodes": []}
+    for params, status in [({"filename": "does-not-exist.png", "type": "output"}, 404),
+                           ({"filename": "../secret", "type": "output"}, 400),
+                           ({"filename": "empty_00001_.png", "subfolder": "proto", "type": "bogus"}, 400)]:
+        failed = requests.get(view, params=params, timeout=5)
+        assert (failed.status_code, failed.content) == (status, b"")
+    preview = requests.get(view, params={"filename": "empty_00001_.png", "subfolder": "proto", "type": "output",
+                                         "preview": "webp;50"}, timeout=5)
+    assert preview.headers["Content-Type"] == "image/webp"
+
+
+def test_idle_get_endpoints_match_the_recording(simulator):
+    for path, sample in recorded("misc-get-endpoints-idle.json").items():
+        if path == "/api/jobs":
+            continue  # the job API is not simulated (Genonaut uses /history and /queue)
+        response = requests.get(simulator.url + path, timeout=5)
+        assert response.status_code == sample["status"], path
+        if sample["body"] is not None:
+            assert shape(response.json()) == shape(sample["body"]), path
+    assert requests.get(f"{simulator.url}/models/checkpoints", timeout=5).json() == sorted(
+        ["tiny-sd15-random.safetensors", "sdxl-base-1.0.safetensors", "dreamshaper-8.safetensors",
+         "fake.safetensors"])
+
+
+def test_catalogue_endpoints(simulator):
+    single = requests.get(f"{simulator.url}/object_info/EmptyImage", timeout=5).json()
+    assert single == recorded("object_info-single-EmptyImage.json")["response"]["body"]
+    assert requests.get(f"{simulator.url}/object_info/NoSuchNode", timeout=5).json() == {}
+    full = requests.get(f"{simulator.url}/object_info", timeout=5).json()
+    assert shape(full) == shape(recorded("object_info-core.json"))
+    assert full["LoraLoader"]["input"]["required"]["lora_name"][0] == [
+        "detail-tweaker.safetensors", "styles/watercolor.safetensors", "tiny-lora.safetensors"]
+    stats = requests.get(f"{simulator.url}/system_stats", timeout=5).json()
+    assert shape(stats) == shape(recorded("system_stats.json"))
+    assert requests.post(f"{simulator.url}/interrupt", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/prompt", "/queue", "/history", "/object_info/EmptyImage", "/system_stats",
+                                  "/models", "/models/loras", "/embeddings", "/features"])
+def test_every_route_is_also_served_under_api(simulator, path):
+    plain = requests.get(simulator.url + path, timeout=5)
+    prefixed = requests.get(simulator.url + "/api" + path, timeout=5)
+    assert (prefixed.status_code, prefixed.json()) == (plain.status_code, plain.json())
