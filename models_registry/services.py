@@ -221,8 +221,11 @@ def _ask_backend(scan, url):
         try:
             names = client.models(folder)
         except (ComfyUIError, OSError, ValueError) as exc:
-            scan.incomplete(model_type, f"ComfyUI at {url} did not list {folder}: {exc}")
-            continue
+            # one line per backend: the next folder would fail the same way, and counts as unknown
+            for other in ModelType.values:
+                scan.complete[other] = False
+            scan.problems.append(f"ComfyUI at {url} did not list {folder}: {exc}")
+            return
         scan.sources_ok += 1
         for name in names:
             if isinstance(name, str) and name:
