@@ -1,0 +1,55 @@
+"""Cancel on a real cluster: queued (never reaches ComfyUI), running (interrupted), waiting in ComfyUI's queue."""
+
+import pytest
+
+from generation.services import cancel_generation, submit_generation
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_cancel_while_queued(simulator, cluster_factory, wait_for_request, wait_until, row_of, user, slow):
+    simulator.configure(step_time=0.02)
+    cluster_factory([(simulator.url, 1)])
+    first, _ = submit_generation(user=user, data=slow(steps=40))
+    second, _ = submit_generation(user=user, data=slow(steps=4))
+    wait_until(lambda: row_of(first).status == "running", what="first running")
+    assert row_of(second).status == "queued"
+    cancelled = cancel_generation(request=row_of(second))
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert wait_for_request(first.pk, "completed", timeout=20).status == "completed"
+    row = row_of(second)
+    assert row.status == "cancelled" and row.attempts == 0 and row.comfyui_prompt_id == ""
+    assert sum(simulator.stats()["submissions"].values()) == 1  # the cancelled one never reached ComfyUI
+
+
+def test_cancel_while_running_interrupts_comfyui(simulator, cluster_factory, wait_for_request, wait_until, row_of,
+                                                 user, slow):
+    simulator.configure(step_time=0.05)
+    cluster_factory([simulator.url])
+    request, _ = submit_generation(user=user, data=slow(steps=60))
+    wait_until(lambda: row_of(request).current_step >= 2, what="sampling started")
+    cancelled = cancel_generation(request=row_of(request))
+    assert cancelled.status == "cancelled"
+    location = wait_until(lambda: (loc := simulator.client().locate(cancelled.comfyui_prompt_id)).state == "finished"
+                          and loc, timeout=5, what="interrupt visible in history")
+    assert location.history["status"]["status_str"] == "error"
+    assert location.history["status"]["messages"][-1][0] == "execution_interrupted"
+    # the worker sees the cancel, stops following and does not write outputs
+    wait_until(lambda: simulator.stats()["running"] is None, what="simulator idle")
+    row = row_of(request)
+    assert row.status == "cancelled" and row.outputs == [] and row.error == ""
+
+
+def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_until, row_of, user, slow):
+    simulator.configure(step_time=0.05)
+    cluster_factory([(simulator.url, 2)])
+    first, _ = submit_generation(user=user, data=slow(steps=40))
+    second, _ = submit_generation(user=user, data=slow(steps=40))
+    wait_until(lambda: row_of(second).status == "running" and row_of(second).comfyui_prompt_id
+               in simulator.stats()["pending"], what="second pending on ComfyUI")
+    cancel_generation(request=row_of(second))
+    prompt_id = row_of(second).comfyui_prompt_id
+    assert prompt_id not in simulator.stats()["pending"]
+    assert simulator.client().locate(prompt_id).state == "unknown"  # deleted from the queue, never ran
+    assert simulator.executions(prompt_id) == 0
+    cancel_generation(request=row_of(first))
