@@ -321,7 +321,7 @@ class EventStream:
         every ``poll_interval`` while connected, so a missed frame never hides a completion.
         Raises :class:`PromptUnknown` when the backend has neither queued nor finished the prompt.
         """
-        last_check = time.monotonic()
+        last_check = float("-inf")  # the first quiet moment checks the backend (re-attachment, lost prompts)
         while True:
             now = time.monotonic()
             if self.socket is None:

@@ -1,0 +1,153 @@
+"""Fault injection and the simulator's control API (by option, by environment, at run time)."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from generation.comfyui import events as ev
+from generation.comfyui.errors import BackendUnavailable, PromptUnknown
+from tests.generation.comfyui.test_client import run, txt2img
+from tests.plugins.simulator import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_execution_error_rate_fails_runs_in_the_sampler(simulator):
+    simulator.set_faults(execution_error_rate=1.0)
+    prompt_id, seen, _ = run(simulator.client(), txt2img(steps=5))
+    last = seen[-1]
+    assert isinstance(last, ev.ExecutionError)
+    assert (last.node_id, last.node_type, last.exception_type) == ("3", "KSampler", "RuntimeError")
+    simulator.set_faults(execution_error_rate=0.0)
+    _, seen, _ = run(simulator.client(), txt2img(steps=5, prefix="ok"))
+    assert isinstance(seen[-1], ev.ExecutionSuccess)
+
+
+def test_options_apply_from_the_start(simulator_factory):
+    simulator = simulator_factory(faults={"execution_error_rate": 1.0}, seed=3, checkpoints=["only.safetensors"])
+    assert simulator.stats()["faults"]["execution_error_rate"] == 1.0
+    assert simulator.client().models("checkpoints") == ["only.safetensors"]
+    simulator.reset()  # back to the options it started with, not to the defaults
+    assert simulator.stats()["faults"]["execution_error_rate"] == 1.0
+    _, seen, _ = run(simulator.client(), txt2img(checkpoint="only.safetensors"))
+    assert isinstance(seen[-1], ev.ExecutionError)
+
+
+def test_unknown_faults_are_refused(simulator):
+    response = requests.post(f"{simulator.url}/_simulator/faults", json={"explode": True}, timeout=5)
+    assert response.status_code == 400 and "explode" in response.json()["error"]
+
+
+def test_view_delay_and_failures(simulator):
+    client = simulator.client(retries=0)
+    prompt_id, _, _ = run(client, txt2img())
+    (image,) = client.history(prompt_id)["outputs"]["9"]["images"]
+    simulator.set_faults(view_delay=0.2)
+    started = time.monotonic()
+    with client.view(**image) as stream:
+        assert b"".join(stream).startswith(b"\x89PNG")
+    assert time.monotonic() - started >= 0.2
+    simulator.set_faults(view_delay=0.0, view_fail_rate=1.0)
+    with pytest.raises(BackendUnavailable), client.view(**image) as stream:
+        b"".join(stream)
+
+
+def test_refused_connections_then_back_with_state_kept(simulator):
+    client = simulator.client(retries=0, timeout=1)
+    prompt_id, _, _ = run(client, txt2img())
+    simulator.set_faults(refuse_connections=0.6)
+    time.sleep(0.1)
+    with pytest.raises(BackendUnavailable):
+        client.queue()
+    fresh = simulator.client(retries=0, timeout=1)
+    with pytest.raises(BackendUnavailable, match="ConnectionError"):
+        fresh.system_stats()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            entry = fresh.history(prompt_id)
+            break
+        except BackendUnavailable:
+            assert time.monotonic() < deadline, "simulator did not listen again"
+            time.sleep(0.05)
+    assert entry["status"]["status_str"] == "success"  # an outage is not a restart
+    assert simulator.stats()["faults"]["refuse_connections"] == 0.0
+
+
+def test_restart_forgets_queue_and_history_but_keeps_statistics(simulator):
+    client = simulator.client()
+    done, _, _ = run(client, txt2img())
+    simulator.configure(step_time=0.05)
+    queued = str(uuid.uuid4())
+    client.submit(txt2img(steps=50), prompt_id=str(uuid.uuid4()), client_id="c")
+    client.submit(txt2img(steps=1), prompt_id=queued, client_id="c")
+    simulator.restart()
+    assert client.locate(done).state == "unknown" and client.locate(queued).state == "unknown"
+    stats = simulator.stats()
+    assert stats["restarts"] == 1 and stats["executions"][done] == 1 and stats["submissions"][queued] == 1
+    assert stats["loaded_checkpoint"] is None  # a new process has nothing loaded
+    with client.event_stream("c") as events, pytest.raises(PromptUnknown):
+        list(events.follow(queued, idle_interval=0.05))
+
+
+def test_dropping_websockets_at_random_never_hides_completion(simulator):
+    simulator.set_faults(ws_drop_rate=0.3)
+    for index in range(3):
+        _, seen, _ = run(simulator.client(), txt2img(steps=10, prefix=f"r{index}"), idle_interval=0.05)
+        assert isinstance(seen[-1], ev.ExecutionSuccess)
+
+
+def test_checkpoint_load_time_is_paid_only_when_switching(simulator):
+    simulator.configure(load_time=0.3, step_time=0.001)
+    client = simulator.client()
+
+    def timed(checkpoint, prefix):
+        started = time.monotonic()
+        _, seen, _ = run(client, txt2img(checkpoint=checkpoint, prefix=prefix, steps=2), idle_interval=0.05)
+        assert isinstance(seen[-1], ev.ExecutionSuccess)
+        return time.monotonic() - started
+
+    assert timed("tiny-sd15-random.safetensors", "a") >= 0.3
+    assert timed("tiny-sd15-random.safetensors", "b") < 0.3
+    assert timed("dreamshaper-8.safetensors", "c") >= 0.3
+    stats = simulator.stats()
+    assert stats["checkpoint_loads"] == 2 and stats["loaded_checkpoint"] == "dreamshaper-8.safetensors"
+
+
+def test_models_are_configurable(simulator):
+    simulator.configure(checkpoints=["only.safetensors"], loras=["x/y.safetensors"])
+    client = simulator.client()
+    assert client.models("checkpoints") == ["only.safetensors"]
+    assert client.object_info(refresh=True).loras == ("x/y.safetensors",)
+    simulator.configure(checkpoints=["a.safetensors", "b.safetensors"])
+    assert client.models("checkpoints") == ["a.safetensors", "b.safetensors"]
+
+
+def test_prompts_run_one_at_a_time_in_number_order(simulator):
+    simulator.configure(step_time=0.01)
+    client = simulator.client()
+    first = str(uuid.uuid4())
+    client.submit(txt2img(steps=20), prompt_id=first, client_id="c")
+    later = [str(uuid.uuid4()) for _ in range(3)]
+    for prompt_id in later:
+        client.submit(txt2img(steps=1), prompt_id=prompt_id, client_id="c")
+    stats = simulator.wait_for(lambda s: s["running"] is None and not s["pending"], timeout=10)
+    assert all(stats["executions"][p] == 1 for p in [first, *later])
+    assert list(client.history_page()) == [first, *later]
+    starts = [client.history(p)["status"]["messages"][0][1]["timestamp"] for p in [first, *later]]
+    assert starts == sorted(starts)
+
+
+def test_environment_configures_faults_and_timings():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "genonaut.test_settings",
+           "SIMULATOR_FAULTS": '{"view_fail_rate": 0.5}', "SIMULATOR_STEP_TIME": "0.123"}
+    code = ("import django; django.setup(); from django.conf import settings; "
+            "print(settings.SIMULATOR_FAULTS['view_fail_rate'], settings.SIMULATOR_STEP_TIME)")
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    assert output.split() == ["0.5", "0.123"]
