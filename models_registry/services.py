@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from models_registry.models import AvailableModel, ModelType
@@ -141,6 +141,7 @@ def refresh_models(*, source="both", dry_run=False, hash_files=False, folders=No
     result = RefreshResult(dry_run=dry_run, errors=list(scan.problems), unreadable=list(scan.unreadable),
                            seen=len(scan.found), sources_ok=scan.sources_ok)
     with transaction.atomic():
+        _lock_registry()
         _apply(scan, result)
         if dry_run:
             transaction.set_rollback(True)
@@ -233,6 +234,19 @@ def _ask_backend(scan, url):
 
 
 # --- applying a scan -------------------------------------------------------------------------------
+
+_REFRESH_LOCK = 0x6D6F64656C73  # an arbitrary constant naming "the registry refresh" advisory lock
+
+
+def _lock_registry():
+    """Serialise refreshes (admin button, command, start-up) so two never insert the same new name.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite serialises writers on its own.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_REFRESH_LOCK])
+
 
 _TRACKED = ("is_present", "file_path", "size_bytes", "file_mtime", "header_error", "metadata", "base_architecture",
             "trigger_words", "recommended_width", "recommended_height")

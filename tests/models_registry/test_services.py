@@ -361,3 +361,29 @@ def test_api_source_against_the_simulator(db, settings, simulator):
     result = refresh_models(source="api")
     assert "lora:styles/watercolor.safetensors" in result.missing
     assert names_offered(CKPT) == {"tiny-sd15-random.safetensors"} and names_offered(LORA) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refreshes_register_each_model_once(models_dir):
+    from django.db import connections
+
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def refresh():
+        try:
+            barrier.wait(timeout=10)
+            results.append(refresh_models())
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=refresh) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(len(r.added) for r in results) == [0, 5]
+    assert AvailableModel.objects.count() == 5
