@@ -5,7 +5,7 @@
   backoff settings; the test process's settings are switched to the same values, so services,
   the dispatcher and the reconciler called from the test agree with the workers. Options:
   ``workers``, ``redis_url`` (use the Redis broker instead of the ORM one), ``generation``
-  (``GENERATION`` overrides). Returns a :class:`Cluster`; every cluster is stopped after the test.
+  (``GENERATION`` overrides). Returns a :class:`Cluster`; every cluster is killed after the test.
 - ``wait_for_request(request_id, *statuses, timeout)``: poll the row until it reaches a status.
 
 Tests using them need ``@pytest.mark.django_db(transaction=True)`` (the workers must see
@@ -167,7 +167,7 @@ def cluster_factory(transactional_db, settings, _media_root):
 
     yield factory
     for cluster in started:
-        cluster.stop()
+        cluster.kill()  # a graceful stop waits for tasks in flight; tests have nothing left to save
         Path(cluster.log_path).unlink(missing_ok=True)
     for name, value in saved_conf.items():
         setattr(Conf, name, value)
