@@ -1,0 +1,76 @@
+import pytest
+from django.utils import timezone
+
+from generation import backends
+from generation.models import BackendState, GenerationRequest
+from generation.states import Status
+
+pytestmark = pytest.mark.django_db
+
+DOWN = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def configured(settings):
+    settings.COMFYUI_BACKENDS = [{"url": DOWN, "capacity": 3}]
+    settings.COMFYUI_TIMEOUT = 0.2
+    settings.GENERATION = {**settings.GENERATION, "BACKEND_BACKOFF_MAX_SECONDS": 4}
+
+
+def test_sync_creates_rows_and_follows_capacity(configured, settings):
+    assert [(r.url, r.capacity) for r in backends.sync_backends()] == [(DOWN, 3)]
+    settings.COMFYUI_BACKENDS = [{"url": DOWN, "capacity": 1}]
+    backends.sync_backends()
+    assert BackendState.objects.get(url=DOWN).capacity == 1
+
+
+def test_backoff_doubles_up_to_the_cap(configured):
+    assert [backends.backoff_seconds(n) for n in range(1, 6)] == [1, 2, 4, 4, 4]
+
+
+def test_mark_down_reports_only_the_first_failure(configured):
+    backends.sync_backends()
+    assert backends.mark_down(DOWN, "refused") is True
+    assert backends.mark_down(DOWN, "refused again") is False
+    state = BackendState.objects.get(url=DOWN)
+    assert not state.is_healthy and state.consecutive_failures == 2 and state.last_error == "refused again"
+    assert backends.mark_up(DOWN) is True
+    state.refresh_from_db()
+    assert state.is_healthy and state.consecutive_failures == 0 and state.down_until is None
+
+
+def test_probe_of_an_unreachable_backend_keeps_it_down(configured):
+    backends.sync_backends()
+    assert backends.probe(DOWN) is False
+    assert not BackendState.objects.get(url=DOWN).is_healthy
+    BackendState.objects.filter(url=DOWN).update(down_until=timezone.now())
+    assert backends.probe_due_backends() == []
+
+
+def test_probe_of_a_live_backend_brings_it_back(settings, simulator):
+    settings.COMFYUI_BACKENDS = [{"url": simulator.url, "capacity": 2}]
+    backends.sync_backends()
+    backends.mark_down(simulator.url, "was down")
+    BackendState.objects.filter(url=simulator.url).update(down_until=timezone.now())
+    assert backends.probe_due_backends() == [simulator.url]
+
+
+def test_backend_overview_shape(configured, user):
+    now = timezone.now()
+    GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING, backend=DOWN,
+                                     current_node="KSampler (3)", progress=0.5)
+    GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING, backend=DOWN)
+    failed = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.FAILED,
+                                              backend=DOWN, finished_at=now, error="boom")
+    GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.COMPLETED,
+                                     backend=DOWN, finished_at=now)
+    [entry] = backends.backend_overview()
+    assert entry["url"] == DOWN and entry["healthy"] is True and entry["capacity"] == 3
+    assert (entry["running"], entry["executing"], entry["waiting_on_backend"], entry["free_slots"]) == (2, 1, 1, 1)
+    assert (entry["completed_last_hour"], entry["failed_last_hour"]) == (1, 1)
+    assert entry["recent_failures"] == [{"request_id": str(failed.pk), "finished_at": failed.finished_at,
+                                         "error": "boom"}]
+    assert set(entry) == {"url", "healthy", "down_until", "consecutive_failures", "last_error", "last_ok_at",
+                          "last_checked_at", "capacity", "running", "executing", "waiting_on_backend", "free_slots",
+                          "loaded_checkpoint", "jobs_completed", "jobs_failed", "completed_last_hour",
+                          "failed_last_hour", "recent_failures"}

@@ -1,0 +1,114 @@
+from datetime import timedelta
+
+import pytest
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import Schedule
+
+from generation import reconciler, tasks
+from generation.models import GenerationRequest
+from generation.states import Status
+from generation.storage import save_exact
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reconciler, "async_task", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+@pytest.fixture
+def one_backend(settings):
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    settings.COMFYUI_TIMEOUT = 0.2
+    settings.GENERATION = {**settings.GENERATION, "STALE_HEARTBEAT_SECONDS": 30, "JOB_DEADLINE_SECONDS": 600}
+
+
+def _row(user, status, **fields):
+    return GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=status, **fields)
+
+
+def _running(user, *, heartbeat_age=0, deadline_in=300, attempts=1):
+    now = timezone.now()
+    return _row(user, Status.RUNNING, attempts=attempts, backend="http://127.0.0.1:9", comfyui_prompt_id="p1",
+                started_at=now, heartbeat_at=now - timedelta(seconds=heartbeat_age),
+                deadline_at=now + timedelta(seconds=deadline_in))
+
+
+def test_stale_heartbeat_is_taken_over_and_resumed(one_backend, user, enqueued):
+    stale, fresh = _running(user, heartbeat_age=60), _running(user, heartbeat_age=1)
+    report = reconciler.reconcile()
+    assert report["taken_over"] == 1
+    row = GenerationRequest.objects.get(pk=stale.pk)
+    assert ("generation.tasks.resume", stale.pk, 1, row.heartbeat_at) in enqueued
+    assert row.heartbeat_at > timezone.now() - timedelta(seconds=5) and row.status == Status.RUNNING
+    assert GenerationRequest.objects.get(pk=fresh.pk).heartbeat_at == fresh.heartbeat_at
+    assert reconciler.reconcile()["taken_over"] == 0  # idempotent: the lease is fresh now
+
+
+def test_past_deadline_fails_with_timeout(one_backend, user, enqueued):
+    late = _running(user, deadline_in=-1)
+    assert reconciler.reconcile()["timed_out"] == 1
+    row = GenerationRequest.objects.get(pk=late.pk)
+    assert row.status == Status.FAILED and row.error == "Timed out after 600 s"
+    assert row.error_detail["reason"] == "deadline"
+
+
+def test_lost_wakeups_are_resent_for_free_slots(one_backend, user, enqueued):
+    old = timezone.now() - timedelta(seconds=60)
+    for _ in range(3):
+        _row(user, Status.QUEUED, queued_at=old)
+    assert reconciler.reconcile()["wakeups"] == 2  # two free slots, three waiting
+    assert enqueued.count(("generation.tasks.dispatch",)) == 2
+
+
+def test_recent_queued_work_is_left_to_its_wakeup(one_backend, user, enqueued):
+    _row(user, Status.QUEUED, queued_at=timezone.now())
+    assert reconciler.reconcile()["wakeups"] == 0
+
+
+def test_forgotten_pending_is_queued(one_backend, user, enqueued):
+    pending = _row(user, Status.PENDING)
+    GenerationRequest.objects.filter(pk=pending.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert reconciler.reconcile()["pending_queued"] == 1
+    assert GenerationRequest.objects.get(pk=pending.pk).status == Status.QUEUED
+
+
+def test_retention_deletes_files_and_clears_references(one_backend, user, settings, enqueued):
+    settings.GENERATION = {**settings.GENERATION, "RETENTION_DAYS": 7}
+    old_paths = ["generations/1/2020/01/01/a_0.png", "generations/1/2020/01/01/thumbs/a_0_small.webp"]
+    new_path = "generations/1/2026/01/01/b_0.png"
+    for path in [*old_paths, new_path]:
+        save_exact(path, b"x")
+    old = _row(user, Status.COMPLETED, finished_at=timezone.now() - timedelta(days=8), outputs=[old_paths[0]],
+               thumbnails=[{"small": old_paths[1]}])
+    new = _row(user, Status.COMPLETED, finished_at=timezone.now() - timedelta(days=1), outputs=[new_path])
+    assert reconciler.reconcile()["retention_cleared"] == 1
+    old.refresh_from_db()
+    assert old.outputs == [] and old.thumbnails == [] and not any(map(default_storage.exists, old_paths))
+    assert GenerationRequest.objects.get(pk=new.pk).outputs == [new_path] and default_storage.exists(new_path)
+
+
+def test_retention_off_keeps_everything(one_backend, user, settings, enqueued):
+    settings.GENERATION = {**settings.GENERATION, "RETENTION_DAYS": 0}
+    _row(user, Status.COMPLETED, finished_at=timezone.now() - timedelta(days=800), outputs=["generations/x.png"])
+    assert reconciler.reconcile()["retention_cleared"] == 0
+
+
+def test_reconcile_command_prints_the_report(one_backend, enqueued, capsys):
+    call_command("reconcile")
+    assert "timed_out=0, taken_over=0" in capsys.readouterr().out
+
+
+def test_setup_schedules_is_idempotent(capsys):
+    call_command("setup_schedules")
+    call_command("setup_schedules")
+    schedule = Schedule.objects.get()
+    assert schedule.func == "generation.tasks.reconcile" and schedule.schedule_type == Schedule.MINUTES
+    assert schedule.minutes == 1 and schedule.repeats == -1
+    assert "up to date" in capsys.readouterr().out
