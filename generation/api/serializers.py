@@ -111,6 +111,7 @@ class GenerationRequestSerializer(serializers.ModelSerializer):
     sampler_params = SamplerParamsSerializer()
     images = serializers.SerializerMethodField()
     error_detail = serializers.JSONField(help_text="ComfyUI's node and exception detail when it failed")
+    webhook_url = serializers.CharField(allow_blank=True, help_text="Empty when none was given")
 
     class Meta:
         model = GenerationRequest
