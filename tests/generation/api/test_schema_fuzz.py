@@ -5,8 +5,8 @@ headers and body schemas. Both valid (positive) and schema-violating (negative) 
 import pytest
 import schemathesis
 from django.core import signals
-from django.db import close_old_connections
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
