@@ -86,7 +86,7 @@ def _read(path, max_header_bytes):
         raise SafetensorsError(path, f"cannot read: {exc.strerror or exc}") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise SafetensorsError(path, f"header is not valid JSON ({exc.__class__.__name__})") from exc
     if not isinstance(header, dict):
         raise SafetensorsError(path, "header is not a JSON object")
@@ -200,7 +200,7 @@ def trigger_words(metadata, *, limit=MAX_TRIGGER_WORDS):
         return []
     try:
         frequency = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if not isinstance(frequency, dict):
         return []

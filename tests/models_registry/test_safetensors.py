@@ -4,6 +4,8 @@ import json
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models_registry.safetensors import (
     FLUX,
@@ -157,6 +159,16 @@ def test_corrupt_files_raise_a_typed_error(tmp_path, content, reason):
     assert caught.value.path == str(path)
 
 
+def test_absurdly_nested_header_is_corrupt_not_a_crash(tmp_path):
+    nested = b"[" * 100_000 + b"]" * 100_000
+    path = _raw(tmp_path / "deep.safetensors", struct.pack("<Q", len(nested)) + nested)
+    with pytest.raises(SafetensorsError, match="not valid JSON"):
+        read_header(path)
+    deep_tags = "[" * 100_000 + "]" * 100_000
+    path = write_safetensors(tmp_path / "tags.safetensors", metadata={"ss_tag_frequency": deep_tags})
+    assert read_safetensors_info(path).trigger_words == []
+
+
 def test_truncated_weights_are_corrupt(tmp_path):
     path = write_safetensors(tmp_path / "t.safetensors", tensors={"w": 64})
     path.write_bytes(path.read_bytes()[:-10])
@@ -173,3 +185,20 @@ def test_header_limit_is_enforced(tmp_path):
 def test_missing_file_is_a_typed_error(tmp_path):
     with pytest.raises(SafetensorsError, match="cannot read"):
         read_header(tmp_path / "absent.safetensors")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200), flip=st.integers(min_value=0, max_value=10_000), byte=st.integers(0, 255))
+def test_any_bytes_give_info_or_a_typed_error(tmp_path, data, flip, byte):
+    """Whatever is on disk — random bytes, or a valid file with one byte changed — never crashes the reader."""
+    valid = write_safetensors(tmp_path / "valid.safetensors", tensors={"a": 3},
+                              metadata={"ss_tag_frequency": json.dumps({"d": {"x": 1}})}).read_bytes()
+    mutated = bytearray(valid)
+    mutated[flip % len(mutated)] = byte
+    for content in (data, struct.pack("<Q", len(data)) + data, bytes(mutated)):
+        path = _raw(tmp_path / "fuzz.safetensors", content)
+        try:
+            info = read_safetensors_info(path)
+        except SafetensorsError:
+            continue
+        assert isinstance(info.trigger_words, list) and isinstance(info.base_architecture, str)
