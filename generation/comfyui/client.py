@@ -230,9 +230,12 @@ class ComfyUIClient:
         return f"{scheme}://{parts.netloc}{parts.path}/ws?{urlencode({'clientId': client_id})}"
 
     @contextlib.contextmanager
-    def event_stream(self, client_id):
-        """Open ``/ws`` for ``client_id`` (before submitting, so no event is missed) and close it after."""
-        stream = EventStream(self, client_id)
+    def event_stream(self, client_id, **options):
+        """Open ``/ws`` for ``client_id`` (before submitting, so no event is missed) and close it after.
+
+        ``options`` go to :class:`EventStream` (``poll_interval``, ``unavailable_grace``, …).
+        """
+        stream = EventStream(self, client_id, **options)
         stream.connect(raise_errors=False)
         try:
             yield stream
@@ -243,8 +246,11 @@ class ComfyUIClient:
 class EventStream:
     """Typed events for one ``client_id``; see :meth:`follow`."""
 
-    def __init__(self, client, client_id, *, poll_interval=5.0, reconnect_delay=0.2, max_reconnect_delay=5.0):
+    def __init__(self, client, client_id, *, poll_interval=5.0, reconnect_delay=0.2, max_reconnect_delay=5.0,
+                 unavailable_grace=5.0):
         self.client = client
+        self.unavailable_grace = unavailable_grace
+        self._unavailable_since = None
         self.client_id = client_id
         self.poll_interval = poll_interval
         self.reconnect_delay = reconnect_delay
@@ -304,8 +310,20 @@ class EventStream:
             return None
 
     def _check_backend(self, prompt_id):
-        """Ask ``/history`` + ``/queue``: the terminal event if finished, None if still queued/running."""
-        location = self.client.locate(prompt_id)
+        """Ask ``/history`` + ``/queue``: the terminal event if finished, None if still queued/running.
+
+        A backend that does not answer is tolerated for ``unavailable_grace`` seconds (None is
+        returned meanwhile), so a short outage does not abandon a prompt that is still running there.
+        """
+        try:
+            location = self.client.locate(prompt_id)
+        except BackendUnavailable:
+            now = time.monotonic()
+            self._unavailable_since = self._unavailable_since or now
+            if now - self._unavailable_since >= self.unavailable_grace:
+                raise
+            return None
+        self._unavailable_since = None
         if location.state == "finished":
             return ev.outcome_from_history(prompt_id, location.history)
         if location.state == "unknown":
@@ -319,7 +337,8 @@ class EventStream:
         is the last one yielded. Websocket frames are advisory: on socket loss the stream
         reconnects with backoff and meanwhile polls ``/history`` and ``/queue``; it also polls
         every ``poll_interval`` while connected, so a missed frame never hides a completion.
-        Raises :class:`PromptUnknown` when the backend has neither queued nor finished the prompt.
+        Raises :class:`PromptUnknown` when the backend has neither queued nor finished the prompt, and
+        :class:`BackendUnavailable` when it stopped answering for longer than ``unavailable_grace``.
         """
         last_check = float("-inf")  # the first quiet moment checks the backend (re-attachment, lost prompts)
         while True:

@@ -219,10 +219,32 @@ def test_unreachable_backend_raises_backend_unavailable_after_retries():
         with pytest.raises(BackendUnavailable):
             call()
     assert time.monotonic() - started < 5
-    with client.event_stream("c") as events:
+    with client.event_stream("c", unavailable_grace=0) as events:
         assert not events.connected
         with pytest.raises(BackendUnavailable):
             next(events.follow("p", idle_interval=0.01))
+    with client.event_stream("c", unavailable_grace=0.3) as events:
+        started = time.monotonic()
+        seen = []
+        with pytest.raises(BackendUnavailable):
+            seen.extend(events.follow("p", idle_interval=0.02))
+        assert time.monotonic() - started >= 0.3
+        assert seen and all(isinstance(e, ev.Idle) and not e.connected for e in seen)
+
+
+def test_a_short_outage_mid_run_does_not_abandon_the_prompt(simulator):
+    client = simulator.client(retries=0, timeout=1)
+    simulator.configure(step_time=0.02)
+    outage = []
+
+    def refuse_once(event, prompt_id, events):
+        if isinstance(event, ev.Progress) and event.value == 1 and not outage:
+            outage.append(simulator.set_faults(refuse_connections=0.5))
+
+    prompt_id, seen, events = run(client, txt2img(steps=60), idle_interval=0.05, on_event=refuse_once)
+    assert isinstance(seen[-1], ev.ExecutionSuccess)
+    assert any(isinstance(e, ev.Idle) and not e.connected for e in seen)
+    assert simulator.executions(prompt_id) == 1
 
 
 def test_server_errors_are_retried_then_raised(simulator):
