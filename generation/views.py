@@ -67,6 +67,8 @@ def _status_context(generation):
     return {"generation": generation, "images": image_links(generation),
             "queue_position": selectors.queue_position(generation),
             "percent": round(100 * (generation.progress or 0)),
+            "duration": (generation.finished_at - generation.started_at).total_seconds()
+            if generation.finished_at and generation.started_at else None,
             "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
 
 

@@ -385,3 +385,20 @@ def test_backends_page_is_staff_only(login, user, staff_user, settings):
     assert login(user).get(reverse("backends-page")).status_code == 404
     html = login(staff_user).get(reverse("backends-page")).content.decode()
     assert "http://127.0.0.1:9" in html and "Capacity" in html and "Queue depth" in html
+
+
+def test_backends_page_explains_a_down_backend(login, staff_user, settings):
+    from generation.models import BackendState
+
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    BackendState.objects.create(url="http://127.0.0.1:9", is_healthy=False, consecutive_failures=3,
+                                last_error="Connection refused")
+    html = login(staff_user).get(reverse("backends-page")).content.decode()
+    assert "Down · out of rotation" in html and "Connection refused" in html and "3 failures in a row" in html
+
+
+def test_images_fall_back_to_the_full_image_without_thumbnails(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    GenerationRequest.objects.filter(pk=done.pk).update(thumbnails=[])
+    html = login(user).get(reverse("request-detail", args=[done.pk])).content.decode()
+    assert f'<img src="/api/v1/comfyui/{done.pk}/images/0/"' in html

@@ -41,19 +41,19 @@ def watch_progress(page, *, until, timeout):
     raise AssertionError(f"the card did not reach {until!r} within {timeout}s; progress seen {seen}")
 
 
-def fill_form(page, *, prompt, steps, checkpoint="tiny-sd15-random.safetensors"):
+def fill_form(page, *, prompt, steps, checkpoint="tiny-sd15-random.safetensors", size=64):
     page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_label("Negative prompt").fill("blurry")
     page.get_by_label("Checkpoint").select_option(checkpoint)
-    page.get_by_label("Width").fill("64")
-    page.get_by_label("Height").fill("64")
+    page.get_by_label("Width").fill(str(size))
+    page.get_by_label("Height").fill(str(size))
     page.get_by_text("Advanced sampler settings").click()
     page.get_by_label("Seed").fill("1234")
     page.get_by_label("Steps").fill(str(steps))
 
 
-def test_generate_watch_view_download_regenerate_delete(live_server, new_page, browser, simulator, cluster_factory,
-                                                        wait_for_request, user, offered):
+def test_generate_watch_view_download_regenerate_delete(live_server, new_page, simulator, cluster_factory,
+                                                        wait_for_request, user, staff_user, offered):
     checkpoint, lora, watercolor = offered
     simulator.configure(step_time=0.08)
     cluster_factory([simulator.url])
@@ -61,7 +61,7 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, b
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     log_in(page, live_server.url, user)
 
-    fill_form(page, prompt="a lighthouse at dusk", steps=30)
+    fill_form(page, prompt="a lighthouse at dusk", steps=30, size=256)
     page.get_by_role("checkbox", name="tiny-lora").check()
     page.get_by_role("checkbox", name="watercolor").check()
     page.get_by_role("spinbutton", name="Model strength of tiny-lora.safetensors").fill("0.8")
@@ -99,7 +99,7 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, b
     # viewer: full size, copy, previous/next, download
     images.first.click()
     expect(page.get_by_role("heading", name="Image 1 of 2")).to_be_visible()
-    page.wait_for_function("() => document.querySelector('.viewer-image img').naturalWidth === 64")
+    page.wait_for_function("() => document.querySelector('.viewer-image img').naturalWidth === 256")
     expect(page.locator("#parameters-text")).to_contain_text("Seed: 1234")
     page.get_by_role("button", name="Copy parameters").click()
     expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
@@ -113,7 +113,7 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, b
     assert download.suggested_filename.endswith(".png")
     with open(download.path(), "rb") as handle:
         image = Image.open(io.BytesIO(handle.read()))
-    assert image.size == (64, 64) and "Seed: 1234" in image.text["parameters"]
+    assert image.size == (256, 256) and "Seed: 1234" in image.text["parameters"]
     page.get_by_role("link", name="← Previous").click()
     expect(page.get_by_role("heading", name="Image 1 of 2")).to_be_visible()
 
@@ -140,6 +140,15 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, b
     assert not any(default_storage.exists(name) for name in outputs)
     screenshot(page, "history-after-delete")
     assert page.errors == []
+
+    # staff see the backend that did the work
+    staff_page = new_page()
+    log_in(staff_page, live_server.url, staff_user)
+    staff_page.get_by_role("link", name="Backends").click()
+    card = staff_page.locator(f'[data-backend-url="{simulator.url}"]')
+    expect(card).to_contain_text("In rotation")
+    expect(card).to_contain_text(re.compile(r"[1-9]\d* completed"))
+    screenshot(staff_page, "backends")
 
 
 def test_cancel_a_running_request_and_see_a_failure(live_server, page, simulator, cluster_factory, wait_for_request,

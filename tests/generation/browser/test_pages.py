@@ -172,3 +172,26 @@ def test_empty_states(live_server, page, user):
     screenshot(page, "history-empty")
     page.get_by_role("link", name="Models").click()
     expect(page.get_by_text("No checkpoints are offered yet.")).to_be_visible()
+
+
+def test_login_models_and_staff_backends_pages(live_server, page, staff_user, models, settings):
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    page.goto(f"{live_server.url}/history/")
+    page.wait_for_url(re.compile(r"/accounts/login/\?next=/history/"))
+    screenshot(page, "login")
+    page.get_by_label("Username").fill(staff_user.username)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator(".error-box")).to_contain_text("enter a correct username and password")
+    page.get_by_label("Password").fill(staff_user.raw_password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/history/")
+    page.get_by_role("link", name="Models").click()
+    expect(page.get_by_role("heading", name="tiny-sd15-random")).to_be_visible()
+    expect(page.get_by_text("512 × 512")).to_be_visible()
+    expect(page.get_by_text("tinystyle")).to_be_visible()
+    screenshot(page, "models")
+    page.get_by_role("link", name="Backends").click()
+    expect(page.locator('[data-backend-url="http://127.0.0.1:9"]')).to_contain_text("In rotation")
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/accounts/login/"))
