@@ -608,6 +608,7 @@ class SimulatorServer:
         self.runner = None
         self.site = None
         self.refusing_until = 0.0
+        self.tasks = set()  # background tasks (outages), kept referenced until done
         simulator.server = self
 
     @property
@@ -624,6 +625,17 @@ class SimulatorServer:
         self.site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
         await self.site.start()
         self.port = self.site._server.sockets[0].getsockname()[1]
+
+    def schedule_outage(self, seconds, *, delay=0.0):
+        """Start :meth:`refuse_for` in the background (``delay`` lets a control reply go out first)."""
+
+        async def outage():
+            await asyncio.sleep(delay)
+            await self.refuse_for(seconds)
+
+        task = asyncio.get_running_loop().create_task(outage())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def refuse_for(self, seconds):
         """Stop listening (new connections are refused) and drop sockets for ``seconds``, then listen again."""
@@ -851,9 +863,7 @@ def build_app(simulator):
         if body.get("drop_websockets"):
             await sim._close_sockets()
         if body.get("refuse_connections") and sim.server is not None:
-            # answer first, then stop listening
-            asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(
-                sim.server.refuse_for(float(body["refuse_connections"]))))
+            sim.server.schedule_outage(float(body["refuse_connections"]), delay=0.01)  # answer first
         return web.json_response(sim.faults)
 
     @routes.post("/_simulator/config")
@@ -898,7 +908,7 @@ async def serve(options, *, host="127.0.0.1", port=0, on_ready=None, stop_event=
     server = SimulatorServer(Simulator(options), host, port)
     await server.start()
     if server.simulator.faults.get("refuse_connections"):
-        asyncio.get_running_loop().create_task(server.refuse_for(float(server.simulator.faults["refuse_connections"])))
+        server.schedule_outage(float(server.simulator.faults["refuse_connections"]))
     if on_ready:
         on_ready(server.url)
     try:

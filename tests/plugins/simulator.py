@@ -56,8 +56,17 @@ class SimulatorProcess:
         kwargs.setdefault("backoff", 0.05)
         return ComfyUIClient(self.url, **kwargs)
 
-    def control(self, method, path, body=None):
-        response = self.session.request(method, f"{self.url}/_simulator/{path}", json=body, timeout=10)
+    def control(self, method, path, body=None, *, unreachable_for=10.0):
+        """Call the control API; waits out a ``refuse_connections`` outage (up to ``unreachable_for`` s)."""
+        deadline = time.monotonic() + unreachable_for
+        while True:
+            try:
+                response = self.session.request(method, f"{self.url}/_simulator/{path}", json=body, timeout=10)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
         response.raise_for_status()
         return response.json()
 
