@@ -1,4 +1,4 @@
-"""Fixtures for browser tests: one headless Chromium per test session, a fresh context per test.
+"""Fixtures for browser tests: one headless Chromium per test module, a fresh context per test.
 
 Chromium is Debian's (``/usr/bin/chromium``, installed by ``scripts/system-deps.sh``), driven by
 Playwright's sync API; the pages are served by pytest-django's ``live_server`` (a real HTTP
@@ -21,21 +21,32 @@ SCREENSHOT_DIR = ROOT / "docs" / "screenshots"
 DEFAULT_TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A headless Chromium shared by every browser test of this session (and xdist worker)."""
+    """A headless Chromium shared by the tests of one module.
+
+    Playwright's sync API keeps an asyncio loop current in this thread while it is started, which
+    Django's async-safety guard mistakes for async code; the guard is relaxed only for as long as
+    the browser lives, and Playwright is stopped at the end of the module so tests that run
+    afterwards in this process see neither the loop nor the relaxed guard.
+    """
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: run scripts/system-deps.sh (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an asyncio loop in this thread; the ORM calls the tests make
-    # between page actions are ordinary synchronous calls, so Django's guard must not trip on it.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    yield chromium
-    chromium.close()
-    playwright.stop()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
