@@ -339,8 +339,14 @@ class Simulator:
                 await self._execute(item)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a simulator bug must not stop the queue
+            except Exception as exc:  # a graph the simulator cannot run (or a bug) must not stop the queue
                 logger.exception("simulator failed executing %s", item.prompt_id)
+                error = {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
+                         "exception_message": str(exc), "exception_type": type(exc).__name__, "traceback": [],
+                         "current_inputs": {}, "current_outputs": [], "timestamp": _now_ms()}
+                await self._send("execution_error", error, item.extra_data.get("client_id"))
+                self._store_history(item, outputs={}, status_str="error", messages=[["execution_error", error]],
+                                    meta={})
             self.running = None
             self.running_client_id = None
             self.last_node_id = None
@@ -384,7 +390,7 @@ class Simulator:
 
         order, done = [], set()
         while pending:
-            node_id = pick([n for n in pending if needs[n] <= done])
+            node_id = pick([n for n in pending if needs[n] <= done])  # validation refuses cycles
             del pending[node_id]
             done.add(node_id)
             order.append(node_id)

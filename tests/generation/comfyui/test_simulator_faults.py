@@ -151,3 +151,4 @@ def test_environment_configures_faults_and_timings():
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=30, check=True).stdout
     assert output.split() == ["0.5", "0.123"]
+

@@ -81,3 +81,10 @@ def test_newer_combo_shape_is_understood(recorded_object_info_data):
     result = validate_prompt(graph, data)
     assert result.node_errors["3"]["errors"][0]["type"] == "value_not_in_list"
     assert "(list of length 44)" in result.node_errors["3"]["errors"][0]["details"]
+
+
+def test_a_cycle_is_rejected_not_crashing(recorded_object_info_data):
+    graph = recorded("prompt-accepted-txt2img-lora.json")["request"]["json"]["prompt"]
+    graph["3"]["inputs"]["latent_image"] = ["3", 0]  # LATENT into LATENT: only the cycle is wrong
+    result = validate_prompt(graph, recorded_object_info_data)
+    assert not result.ok and result.error["type"] == "prompt_outputs_failed_validation"
