@@ -3,12 +3,14 @@
 DRF's parsers read the WSGI stream directly, so Django's body size limit (which guards
 ``request.body`` and ``request.POST``) never applies to them. These read at most the limit
 plus one byte and answer 413 past it; deeply nested JSON is a parse error, not a crash.
+Strings no database column can hold (NUL characters, unpaired UTF-16 surrogates from
+``\\udXXX`` escapes) are refused here, naming the field, before any query sees them.
 """
 
 from django.conf import settings
 from django.http import QueryDict
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
 
 from generation.api.errors import RequestTooLarge
 
@@ -42,11 +44,48 @@ class BoundedJSONParser(parsers.JSONParser):
         except UnicodeDecodeError as exc:
             raise ParseError(f"JSON parse error - the body is not valid {encoding}.") from exc
         try:
-            return parsers.json.loads(text, parse_constant=parsers.json.strict_constant)
+            data = parsers.json.loads(text, parse_constant=parsers.json.strict_constant)
         except RecursionError as exc:
             raise ParseError("JSON parse error - nested too deeply.") from exc
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from exc
+        reject_unstorable_strings(data)
+        return data
+
+
+def _unstorable(text):
+    if "\x00" in text:
+        return "Null characters are not allowed."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Unpaired surrogate characters are not allowed."
+    return None
+
+
+def reject_unstorable_strings(data):
+    """Raise ``ValidationError`` naming every key or string value that cannot be stored (iterative:
+    the depth of the document does not matter)."""
+    fields = {}
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = _unstorable(value)
+            if problem:
+                fields.setdefault(path or "non_field_errors", []).append(problem)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = _unstorable(key)
+                shown = key.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00") if problem else key
+                child = f"{path}.{shown}" if path else shown
+                if problem:
+                    fields.setdefault(child, []).append(problem.replace("are", "in field names are"))
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}" if path else str(index), item) for index, item in enumerate(value))
+    if fields:
+        raise ValidationError(fields)
 
 
 class BoundedFormParser(parsers.FormParser):

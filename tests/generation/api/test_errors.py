@@ -100,3 +100,25 @@ def test_bad_token_is_401(client, db):
 def test_image_errors_are_json_even_when_accepting_images(api):
     response = api.get("/api/v1/comfyui/00000000-0000-0000-0000-000000000000/images/0/", HTTP_ACCEPT="image/png")
     assert _error(response, 404)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('{"prompt": "x", "checkpoint_model": "a\\u0000b"}', "checkpoint_model"),
+    ('{"prompt": "x", "checkpoint_model": "c", "lora_models": [{"name": "a\\u0000"}]}', "lora_models.0.name"),
+    ('{"prompt": "x\\udabf", "checkpoint_model": "c"}', "prompt"),
+    ('{"prompt": "x", "checkpoint_model": "c", "sampler_params": {"sampler_name": "\\u0000"}}',
+     "sampler_params.sampler_name"),
+    ('{"prompt": "x", "checkpoint_model": "c", "webhook_url": "http://a\\u0000b/"}', "webhook_url"),
+    ('{"\\udabf": 1, "prompt": "x", "checkpoint_model": "c"}', "\\udabf"),
+])
+def test_strings_no_column_can_hold_are_400_naming_the_field(api, body, field):
+    """Found by the schema fuzz run: NUL reached a PostgreSQL query and answered 500."""
+    error = _error(api.post(GENERATE, body, content_type="application/json"), 400)
+    assert field in error["fields"], error
+
+
+def test_regenerate_body_with_nul_is_400(api):
+    response = api.post("/api/v1/comfyui/00000000-0000-0000-0000-000000000000/regenerate/",
+                        '{"same_seed": "\\u0000"}', content_type="application/json")
+    assert response.status_code in (400, 404)
+    _error(response, response.status_code)
