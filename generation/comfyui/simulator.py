@@ -50,6 +50,7 @@ FAULT_DEFAULTS = {
     "drop_websockets": False,  # while true: every socket is closed, new ones right after their first frame
     "ws_drop_rate": 0.0,  # share of execution frames that close the socket instead of being sent
     "refuse_connections": 0.0,  # seconds: stop listening (connections refused), then listen again
+    "prompt_delay": 0.0,  # seconds before POST /prompt answers, after the prompt is queued (client timeouts)
 }
 VIEW_TYPES = ("output", "input", "temp")
 SERVER_ERROR_BODY = "500 Internal Server Error\n\nServer got itself in trouble"
@@ -724,6 +725,8 @@ def build_app(simulator):
         status, payload = sim.submit(body)
         if status == 200:
             await sim._broadcast_status()
+        if sim.faults["prompt_delay"]:
+            await asyncio.sleep(sim.faults["prompt_delay"])
         return web.json_response(payload, status=status)
 
     @routes.get("/prompt")

@@ -283,3 +283,12 @@ def test_resubmitting_a_known_prompt_id_is_not_deduplicated_by_comfyui(simulator
     assert second["number"] == first["number"] + 1
     simulator.wait_for(lambda s: s["executions"].get(prompt_id) == 2 and s["running"] is None)
     assert simulator.submissions(prompt_id) == 2
+
+
+def test_a_submit_that_times_out_after_arriving_is_not_sent_twice(simulator):
+    simulator.set_faults(prompt_delay=0.5)
+    client = simulator.client(timeout=0.2, retries=2, backoff=0.05)
+    prompt_id = str(uuid.uuid4())
+    accepted = client.submit(txt2img(), prompt_id=prompt_id, client_id="c")
+    assert accepted == {"prompt_id": prompt_id, "number": None}  # found on the backend, not resubmitted
+    assert simulator.submissions(prompt_id) == 1
