@@ -695,11 +695,7 @@ def build_app(simulator):
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex
-        previous = sim.sockets.get(sid)
-        sim.sockets[sid] = socket
-        if previous is not None and previous is not socket:
-            with contextlib.suppress(Exception):
-                await previous.close()
+        sim.sockets[sid] = socket  # like ComfyUI, a newer socket with the same sid takes over the frames
         try:
             await socket.send_str(_frame("status", {"status": {"exec_info": {"queue_remaining": sim.queue_remaining}},
                                                     "sid": sid}))
