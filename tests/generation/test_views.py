@@ -332,6 +332,14 @@ def test_history_pagination_filter_sort_and_ownership(login, user, other_user, c
     assert client.get(reverse("history") + "?status=bogus&page=99&sort=x").status_code == 200
 
 
+def test_history_page_queries_do_not_grow_with_the_page(login, user, checkpoint, django_assert_max_num_queries):
+    for n in range(30):
+        make_request(user, checkpoint, status=Status.COMPLETED, outputs=2, prompt=f"p{n}")
+    client = login(user)
+    with django_assert_max_num_queries(6):  # session, user, count, page (+ savepoints)
+        assert client.get(reverse("history")).status_code == 200
+
+
 def test_history_card_actions(login, user, checkpoint):
     done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
     html = login(user).get(reverse("history")).content.decode()
