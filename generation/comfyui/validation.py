@@ -184,7 +184,7 @@ def validate_prompt(prompt, object_info, partial_execution_targets=None):
                                                   "Cannot execute because a node is missing the class_type property.",
                                                   f"Node ID '#{node_id}'"))
         class_type = node["class_type"]
-        if class_type not in catalogue:
+        if not isinstance(class_type, str) or class_type not in catalogue:
             return ValidationResult(False, _error("invalid_prompt",
                                                   f"Cannot execute because node {class_type} does not exist.",
                                                   f"Node ID '#{node_id}'"))

@@ -1,7 +1,12 @@
 """validation.py reproduces ComfyUI's POST /prompt answers, checked against every recorded sample."""
 
-import pytest
+import json
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from generation.comfyui.object_info import recorded_object_info
 from generation.comfyui.validation import validate_prompt
 from tests.generation.comfyui.conftest import PROTOCOL, recorded
 
@@ -88,3 +93,29 @@ def test_a_cycle_is_rejected_not_crashing(recorded_object_info_data):
     graph["3"]["inputs"]["latent_image"] = ["3", 0]  # LATENT into LATENT: only the cycle is wrong
     result = validate_prompt(graph, recorded_object_info_data)
     assert not result.ok and result.error["type"] == "prompt_outputs_failed_validation"
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                        max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mutations=st.lists(st.tuples(st.sampled_from(["3", "4", "5", "6", "7", "8", "9", "10"]),
+                                    st.sampled_from(["seed", "steps", "cfg", "sampler_name", "model", "clip",
+                                                     "images", "text", "width", "ckpt_name", "lora_name",
+                                                     "class_type", "inputs"]),
+                                    st.one_of(JSON_VALUES, st.tuples(st.sampled_from(["3", "4", "99", 5]),
+                                                                     st.integers(-1, 4)).map(list))),
+                          max_size=4))
+def test_any_mutated_graph_gets_an_answer_never_an_exception(mutations):
+    graph = recorded("prompt-accepted-txt2img-lora.json")["request"]["json"]["prompt"]
+    for node_id, name, value in mutations:
+        if name in ("class_type", "inputs"):
+            graph[node_id][name] = value
+        else:
+            if isinstance(graph[node_id].get("inputs"), dict):
+                graph[node_id]["inputs"][name] = value
+    result = validate_prompt(graph, recorded_object_info())
+    json.dumps(result.body() if not result.ok else result.node_errors)
