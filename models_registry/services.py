@@ -259,6 +259,7 @@ def _tracked(model):
 def _apply(scan, result):
     now = timezone.now()
     existing = {(m.type, m.name): m for m in AvailableModel.objects.select_for_update()}
+    unchanged = []  # the common case on a re-scan: only last_seen moves, in one UPDATE below
     for key, item in sorted(scan.found.items()):
         label = f"{item.type}:{item.name}"
         model = existing.get(key) or AvailableModel(name=item.name, type=item.type)
@@ -269,11 +270,13 @@ def _apply(scan, result):
             _apply_file(model, item)
             if model.header_error:
                 result.unreadable.append(f"{label}: {model.header_error}")
+        if key in existing and _tracked(model) == before:
+            unchanged.append(model.pk)
+            continue
         model.save()
-        if key not in existing:
-            result.added.append(label)
-        elif _tracked(model) != before:
-            result.updated.append(label)
+        (result.updated if key in existing else result.added).append(label)
+    for start in range(0, len(unchanged), 500):
+        AvailableModel.objects.filter(pk__in=unchanged[start:start + 500]).update(last_seen=now)
 
     for key, model in sorted(existing.items()):
         if key in scan.found or not model.is_present:

@@ -73,8 +73,10 @@ def test_first_refresh_registers_every_model_file(db, models_dir):
 
 def test_second_refresh_changes_nothing_but_still_reports_the_corrupt_file(db, models_dir):
     refresh_models()
+    first_seen = dict(AvailableModel.objects.values_list("name", "last_seen"))
     result = refresh_models()
     assert result.added == [] and result.updated == [] and result.missing == []
+    assert all(seen > first_seen[name] for name, seen in AvailableModel.objects.values_list("name", "last_seen"))
     assert [u.split(":")[1] for u in result.unreadable] == ["broken.safetensors"]
 
 
