@@ -41,6 +41,8 @@ def test_form_controls_and_a_field_error(live_server, page, user, models):
     page.get_by_label("Checkpoint").select_option("sdxl/other.safetensors")
     expect(page.locator("#checkpoint-description")).to_have_text("A second checkpoint (SDXL)")
     page.get_by_label("Checkpoint").select_option("tiny-sd15-random.safetensors")
+    expect(page.locator("#checkpoint-description")).to_have_text(
+        "Tiny SD1.5 test checkpoint (SD1.5) · recommended size 512 × 512")
     # LoRA: ticking enables its strengths; the slider and the number stay in step
     strength = page.get_by_role("spinbutton", name="Model strength of tiny-lora.safetensors")
     expect(strength).to_be_disabled()
