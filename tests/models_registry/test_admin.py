@@ -5,7 +5,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from models_registry.models import AvailableModel, ModelType
-from tests.models_registry.conftest import SD15_TENSORS, write_safetensors
+from tests.models_registry.safetensors_files import SD15_TENSORS, write_safetensors
 
 CHANGELIST = "admin:models_registry_availablemodel_changelist"
 

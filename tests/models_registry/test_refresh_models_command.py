@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from models_registry.models import AvailableModel
-from tests.models_registry.conftest import SD15_TENSORS, write_safetensors
+from tests.models_registry.safetensors_files import SD15_TENSORS, write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 

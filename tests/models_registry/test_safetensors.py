@@ -18,7 +18,7 @@ from models_registry.safetensors import (
     read_header,
     read_safetensors_info,
 )
-from tests.models_registry.conftest import SD15_TENSORS, SDXL_LORA_TENSORS, SDXL_TENSORS, write_safetensors
+from tests.models_registry.safetensors_files import SD15_TENSORS, SDXL_LORA_TENSORS, SDXL_TENSORS, write_safetensors
 
 
 def test_reads_metadata_and_tensors_without_the_weights(tmp_path):

@@ -13,7 +13,7 @@ from generation.models import GenerationRequest
 from models_registry import services
 from models_registry.models import AvailableModel, ModelType
 from models_registry.services import RefreshFailed, check_models_health, hash_model, refresh_models
-from tests.models_registry.conftest import SD15_TENSORS, SDXL_LORA_TENSORS, SDXL_TENSORS, write_safetensors
+from tests.models_registry.safetensors_files import SD15_TENSORS, SDXL_LORA_TENSORS, SDXL_TENSORS, write_safetensors
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-protocol"
 

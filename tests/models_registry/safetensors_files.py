@@ -1,9 +1,7 @@
-"""Helpers for registry tests: real, tiny safetensors files written by the test itself."""
+"""Real, tiny safetensors files written by the tests themselves (no weights downloaded, ever)."""
 
 import json
 import struct
-
-import pytest
 
 
 def write_safetensors(path, *, tensors=None, metadata=None):
@@ -32,8 +30,3 @@ SDXL_TENSORS = {"conditioner.embedders.0.transformer.text_model.embeddings.posit
                 "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": 8}
 SDXL_LORA_TENSORS = {"lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha": 2,
                      "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": 8}
-
-
-@pytest.fixture
-def make_safetensors():
-    return write_safetensors
