@@ -112,7 +112,8 @@ def record_outcome(url, *, completed):
 def free_slots():
     """Total free capacity of the backends in rotation (how many jobs could start right now)."""
     rows = sync_backends()
-    running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, backend__in=[r.url for r in rows])
+    running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, executed_at__isnull=True,
+                                                    backend__in=[r.url for r in rows])
                    .values_list("backend").annotate(n=Count("id")).values_list("backend", "n"))
     return sum(max(0, row.capacity - running.get(row.url, 0)) for row in rows if row.is_healthy)
 
@@ -123,6 +124,7 @@ def backend_overview(*, recent_failures=5):
     Keys: ``url``, ``healthy``, ``down_until``, ``consecutive_failures``, ``last_error``, ``last_ok_at``,
     ``last_checked_at``, ``capacity``, ``running`` (jobs assigned to it), ``executing`` (of those,
     started on ComfyUI), ``waiting_on_backend`` (of those, still in ComfyUI's own queue),
+    ``storing_outputs`` (of those, finished on ComfyUI, images being stored: they hold no slot),
     ``free_slots``, ``loaded_checkpoint``, ``jobs_completed`` / ``jobs_failed`` (all time),
     ``completed_last_hour`` / ``failed_last_hour``, ``recent_failures`` (newest first:
     ``{"request_id", "finished_at", "error"}``).
@@ -132,13 +134,15 @@ def backend_overview(*, recent_failures=5):
     since = timezone.now() - RECENT
     running = {row["backend"]: row for row in GenerationRequest.objects.filter(
         status=Status.RUNNING, backend__in=urls).values("backend").annotate(
-        n=Count("id"), executing=Count("id", filter=~Q(current_node="") | Q(progress__gt=0)))}
+        n=Count("id"), storing=Count("id", filter=Q(executed_at__isnull=False)),
+        executing=Count("id", filter=Q(executed_at__isnull=True) & (~Q(current_node="") | Q(progress__gt=0))))}
     recent = {row["backend"]: row for row in GenerationRequest.objects.filter(
         backend__in=urls, finished_at__gte=since).values("backend").annotate(
         completed=Count("id", filter=Q(status=Status.COMPLETED)), failed=Count("id", filter=Q(status=Status.FAILED)))}
     overview = []
     for row in rows:
-        counts = running.get(row.url, {"n": 0, "executing": 0})
+        counts = running.get(row.url, {"n": 0, "executing": 0, "storing": 0})
+        on_backend = counts["n"] - counts["storing"]
         failures = GenerationRequest.objects.filter(backend=row.url, status=Status.FAILED).exclude(
             finished_at__isnull=True).order_by("-finished_at").values("id", "finished_at", "error")[:recent_failures]
         overview.append({
@@ -152,8 +156,9 @@ def backend_overview(*, recent_failures=5):
             "capacity": row.capacity,
             "running": counts["n"],
             "executing": counts["executing"],
-            "waiting_on_backend": counts["n"] - counts["executing"],
-            "free_slots": max(0, row.capacity - counts["n"]) if row.is_healthy else 0,
+            "waiting_on_backend": on_backend - counts["executing"],
+            "storing_outputs": counts["storing"],
+            "free_slots": max(0, row.capacity - on_backend) if row.is_healthy else 0,
             "loaded_checkpoint": row.loaded_checkpoint,
             "jobs_completed": row.jobs_completed,
             "jobs_failed": row.jobs_failed,

@@ -149,7 +149,9 @@ def claim_next(*, affinity=None):
                         .order_by("url"))
             if not rows:
                 return None
-            running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, backend__in=[r.url for r in rows])
+            # a job whose prompt ComfyUI has finished (outputs being stored) no longer holds a slot
+            running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, executed_at__isnull=True,
+                                                            backend__in=[r.url for r in rows])
                            .values("backend").annotate(n=Count("id")).values_list("backend", "n"))
             backends = [_Backend(r.url, r.capacity, running.get(r.url, 0), r.loaded_checkpoint) for r in rows]
             if not any(b.free > 0 for b in backends):
@@ -178,6 +180,6 @@ def _claim(candidate, backend_url):
         candidate.id, Status.RUNNING, expect={Status.QUEUED}, where={"attempts": candidate.attempts},
         backend=backend_url, attempts=attempt, comfyui_prompt_id=prompt_id, heartbeat_at=now, started_at=now,
         deadline_at=now + timedelta(seconds=settings.GENERATION["JOB_DEADLINE_SECONDS"]),
-        affinity_skips=0, progress=0.0, current_node="", current_step=0, total_steps=0,
+        affinity_skips=0, progress=0.0, current_node="", current_step=0, total_steps=0, executed_at=None,
     )
     return Claim(candidate.id, backend_url, attempt, prompt_id, now) if won else None

@@ -64,6 +64,8 @@ class GenerationRequest(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)
+    executed_at = models.DateTimeField(null=True, blank=True,
+                                       help_text="ComfyUI finished this attempt; outputs are being stored")
 
     class Meta:
         ordering = ["-created_at"]

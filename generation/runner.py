@@ -73,9 +73,12 @@ def run_job(job, *, resume=False):
     """Drive ``job`` until its request is terminal, requeued, or no longer ours.
 
     Every outcome is written with a conditional update; nothing here raises for a ComfyUI or
-    storage problem (they become the request's failure or a requeue).
+    storage problem (they become the request's failure or a requeue). Returns whether the
+    job already woke the dispatcher for the slot it freed.
     """
-    JobRunner(job).run(resume=resume)
+    job_runner = JobRunner(job)
+    job_runner.run(resume=resume)
+    return job_runner.woke
 
 
 def stop_on_backend(request):
@@ -105,6 +108,7 @@ class JobRunner:
         self.pending_fields = {}
         self.sampler_seen = False
         self.step = self.total_steps = 0
+        self.woke = False  # whether this job already sent the wake-up for the slot it frees
 
     # --- the paragraph ---------------------------------------------------------------------
 
@@ -237,7 +241,10 @@ class JobRunner:
             raise outcome.to_error(self.job.backend)
         if isinstance(outcome, ev.ExecutionInterruptedEvent):
             raise outcome.to_error(self.job.backend)
-        self.write(force=True, current_node="Saving images", progress=max(self.progress, 0.99))
+        # ComfyUI is done with it: free the slot now, so the next job is submitted while we store
+        self.write(force=True, current_node="Saving images", progress=max(self.progress, 0.99),
+                   executed_at=timezone.now())
+        self.wake_next()
         entry = self.client.history(self.job.prompt_id) or {}
         images = [image for image in (entry.get("outputs", {}).get(SAVE_NODE_ID, {}).get("images") or [])
                   if image.get("type", "output") == "output"]
@@ -247,6 +254,13 @@ class JobRunner:
                                   backend=self.job.backend)
         outputs, thumbnails = self.store_outputs(images)
         self.complete(outputs, thumbnails)
+
+    def wake_next(self):
+        from generation.tasks import wake_dispatcher
+
+        if not self.woke:
+            self.woke = True
+            wake_dispatcher()
 
     def store_outputs(self, images):
         """Stream each image from ``/view`` into storage with a ``parameters`` chunk; make thumbnails."""
@@ -315,7 +329,7 @@ class JobRunner:
         won = states.transition(self.job.request_id, Status.QUEUED, expect={Status.RUNNING},
                                 where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
                                 backend="", heartbeat_at=None, deadline_at=None, progress=0.0, current_node="",
-                                current_step=0, total_steps=0,
+                                current_step=0, total_steps=0, executed_at=None,
                                 error_detail={"retry_reason": reason[:2000], "attempt": self.job.attempt})
         if won:
             logger.warning("request %s requeued after attempt %s: %s", self.job.request_id, self.job.attempt, reason)

@@ -41,10 +41,12 @@ def dispatch():
         return "idle"
     if backends.free_slots() and GenerationRequest.objects.filter(status=Status.QUEUED).exists():
         wake_dispatcher()  # fill the other free slots in parallel, one wake-up at a time
+    woke = False
     try:
-        run_job(Job(claim.request_id, claim.attempt, claim.backend, claim.prompt_id, claim.lease))
+        woke = run_job(Job(claim.request_id, claim.attempt, claim.backend, claim.prompt_id, claim.lease))
     finally:
-        wake_dispatcher()
+        if not woke:
+            wake_dispatcher()
     return f"{claim.request_id} attempt {claim.attempt} on {claim.backend}"
 
 

@@ -70,7 +70,8 @@ def test_backend_overview_shape(configured, user):
     assert (entry["completed_last_hour"], entry["failed_last_hour"]) == (1, 1)
     assert entry["recent_failures"] == [{"request_id": str(failed.pk), "finished_at": failed.finished_at,
                                          "error": "boom"}]
+    assert entry["storing_outputs"] == 0
     assert set(entry) == {"url", "healthy", "down_until", "consecutive_failures", "last_error", "last_ok_at",
                           "last_checked_at", "capacity", "running", "executing", "waiting_on_backend", "free_slots",
                           "loaded_checkpoint", "jobs_completed", "jobs_failed", "completed_last_hour",
-                          "failed_last_hour", "recent_failures"}
+                          "failed_last_hour", "recent_failures", "storing_outputs"}

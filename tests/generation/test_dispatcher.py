@@ -176,3 +176,12 @@ def test_skip_counter_grows_and_forces_the_head(two_backends, user, settings):
                                                                      finished_at=timezone.now())
     assert order[2] == head.id  # skipped twice, then forced
     assert head.id not in order[:2]
+
+
+def test_a_job_finished_on_comfyui_frees_its_slot_while_outputs_are_stored(two_backends, user):
+    two_backends.COMFYUI_BACKENDS = [{"url": A, "capacity": 1}]
+    first, second = _queued(user, age=0), _queued(user, age=1)
+    assert claim_next().request_id == first.id
+    assert claim_next() is None
+    GenerationRequest.objects.filter(pk=first.id).update(executed_at=timezone.now())
+    assert claim_next().request_id == second.id
