@@ -1,6 +1,6 @@
 """End to end in a real headless Chromium: the live server, a real qcluster and the ComfyUI
 simulator. Generate with two LoRAs and advanced settings, watch progress rise, view, download,
-copy, regenerate, delete; cancel a running request; see a failure's reason."""
+copy, regenerate, delete; cancel a queued and a running request; see a failure's reason."""
 
 import io
 import re
@@ -155,36 +155,47 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, s
     screenshot(staff_page, "backends")
 
 
-def test_cancel_a_running_request_and_see_a_failure(live_server, page, simulator, cluster_factory, wait_for_request,
-                                                    user, offered):
+def submit_and_open(page, base_url, **form):
+    page.goto(f"{base_url}/")
+    fill_form(page, **form)
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url(re.compile(r"/requests/[0-9a-f-]{36}/$"))
+    return page.url.rstrip("/").rsplit("/", 1)[1]
+
+
+def test_cancel_queued_and_running_requests_and_see_a_failure(live_server, page, simulator, cluster_factory,
+                                                              wait_for_request, user, offered):
     AvailableModel.objects.create(name="fake.safetensors", type=ModelType.CHECKPOINT,
                                   description="Listed by the backend but fails to load")
     simulator.configure(step_time=0.2)
-    cluster_factory([simulator.url])
+    cluster_factory([(simulator.url, 1)])  # one slot: a second request has to wait in our queue
     log_in(page, live_server.url, user)
 
-    fill_form(page, prompt="a very slow request", steps=100)
-    page.get_by_role("button", name="Generate").click()
-    page.wait_for_url(re.compile(r"/requests/[0-9a-f-]{36}/$"))
-    request_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    running_id = submit_and_open(page, live_server.url, prompt="a very slow request", steps=100)
     expect(page.get_by_text(re.compile(r"Step [1-9]\d* / 100"))).to_be_visible(timeout=15_000)
+    waiting_id = submit_and_open(page, live_server.url, prompt="waiting its turn", steps=100)
+    expect(page.get_by_text("Waiting for a free backend · position 1 in the queue")).to_be_visible()
+    screenshot(page, "request-queued")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator('.live[data-status="cancelled"]')).to_be_visible()
+    assert wait_for_request(waiting_id, "cancelled", timeout=5).started_at is None
+
+    page.goto(f"{live_server.url}/requests/{running_id}/")
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator('.live[data-status="cancelled"]')).to_be_visible()
     expect(page.get_by_text("Request cancelled.")).to_be_visible()
-    row = wait_for_request(request_id, "cancelled", timeout=5)
+    expect(page.get_by_text(re.compile(r"cancelled at step \d+ / 100"))).to_be_visible()
+    row = wait_for_request(running_id, "cancelled", timeout=5)
     assert row.progress < 1.0
     screenshot(page, "request-cancelled")
     # ComfyUI was told: the prompt is no longer running there
     simulator.wait_for(lambda stats: not stats.get("running"), timeout=10)
 
     # a checkpoint the backend cannot load: the card shows why, and what to do
-    page.goto(f"{live_server.url}/")
-    fill_form(page, prompt="this one fails", steps=4, checkpoint="fake.safetensors")
-    page.get_by_role("button", name="Generate").click()
-    page.wait_for_url(re.compile(r"/requests/[0-9a-f-]{36}/$"))
+    failed_id = submit_and_open(page, live_server.url, prompt="this one fails", steps=4,
+                                checkpoint="fake.safetensors")
     failed = page.get_by_test_id("error")
     expect(failed).to_be_visible(timeout=20_000)
-    failed_id = page.url.rstrip("/").rsplit("/", 1)[1]
     reason = GenerationRequest.objects.get(pk=failed_id).error
     assert reason
     expect(failed).to_contain_text(reason[:60])
