@@ -341,8 +341,10 @@ class EventStream:
         :class:`BackendUnavailable` when it stopped answering for longer than ``unavailable_grace``.
         """
         last_check = float("-inf")  # the first quiet moment checks the backend (re-attachment, lost prompts)
+        last_yield = time.monotonic()
         while True:
             now = time.monotonic()
+            quiet = now - last_yield
             if self.socket is None:
                 if now >= self._next_connect and self.connect(raise_errors=False):
                     self.reconnects += 1
@@ -352,41 +354,42 @@ class EventStream:
                         yield outcome
                         return
                     continue
-                if now - last_check >= idle_interval:
-                    outcome = self._check_backend(prompt_id)
-                    last_check = time.monotonic()
-                    if outcome is not None:
-                        yield outcome
-                        return
+                if quiet >= idle_interval:
+                    if now - last_check >= idle_interval:
+                        outcome = self._check_backend(prompt_id)
+                        last_check = time.monotonic()
+                        if outcome is not None:
+                            yield outcome
+                            return
+                    last_yield = time.monotonic()
                     yield ev.Idle(prompt_id=prompt_id, connected=False)
                     continue
-                time.sleep(min(idle_interval, max(0.0, self._next_connect - now), 0.05) or 0.01)
+                time.sleep(max(0.005, min(idle_interval - quiet, self._next_connect - now, 0.05)))
                 continue
 
-            event = self._receive(idle_interval)
-            if event is None:
-                if self.socket is None:
-                    continue
-                if time.monotonic() - last_check >= self.poll_interval:
+            event = self._receive(idle_interval - quiet)
+            if event is not None and (isinstance(event, ev.Status) or event.prompt_id == prompt_id):
+                if isinstance(event, ev.Executing) and event.node is None:
+                    # The legacy "done" frame without a terminal frame before it: ask history what happened.
                     outcome = self._check_backend(prompt_id)
                     last_check = time.monotonic()
                     if outcome is not None:
                         yield outcome
                         return
-                yield ev.Idle(prompt_id=prompt_id, connected=True)
-                continue
-            if isinstance(event, ev.Status):
+                    continue
+                last_yield = time.monotonic()
                 yield event
+                if isinstance(event, ev.TERMINAL):
+                    return
                 continue
-            if event.prompt_id != prompt_id:
+            # nothing for us (a timeout, another prompt's frame, a lost socket)
+            if self.socket is None or time.monotonic() - last_yield < idle_interval:
                 continue
-            if isinstance(event, ev.Executing) and event.node is None:
-                # The legacy "done" frame without a terminal frame before it: ask history what happened.
+            if time.monotonic() - last_check >= self.poll_interval:
                 outcome = self._check_backend(prompt_id)
+                last_check = time.monotonic()
                 if outcome is not None:
                     yield outcome
                     return
-                continue
-            yield event
-            if isinstance(event, ev.TERMINAL):
-                return
+            last_yield = time.monotonic()
+            yield ev.Idle(prompt_id=prompt_id, connected=True)

@@ -292,3 +292,16 @@ def test_a_submit_that_times_out_after_arriving_is_not_sent_twice(simulator):
     accepted = client.submit(txt2img(), prompt_id=prompt_id, client_id="c")
     assert accepted == {"prompt_id": prompt_id, "number": None}  # found on the backend, not resubmitted
     assert simulator.submissions(prompt_id) == 1
+
+
+def test_idle_ticks_keep_coming_while_another_prompt_of_the_same_client_streams_frames(simulator):
+    client = simulator.client()
+    simulator.configure(step_time=0.01)
+    first, second, client_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    with client.event_stream(client_id) as events:
+        client.submit(txt2img(steps=60, prefix="first"), prompt_id=first, client_id=client_id)
+        client.submit(txt2img(steps=2, prefix="second"), prompt_id=second, client_id=client_id)
+        seen = list(events.follow(second, idle_interval=0.1))
+    assert isinstance(seen[-1], ev.ExecutionSuccess) and seen[-1].prompt_id == second
+    assert sum(isinstance(e, ev.Idle) for e in seen) >= 3  # heartbeats while the first one ran
+    assert all(e.prompt_id in (None, second) for e in seen)
