@@ -193,9 +193,13 @@ class Simulator:
         await self._close_sockets()
 
     async def restart(self):
-        """Like a process restart: queue, history, files' index and sockets are gone (stats are kept)."""
+        """Like a process restart: queue, history, cache, loaded model and sockets are gone (stats are kept)."""
         await self.stop()
+        # output files stay on disk (and their counters continue); temp files are deleted at start-up
+        files = OrderedDict((key, stored) for key, stored in self.files.items() if key[0] == "output")
+        counters = {key: count for key, count in self.counters.items() if key[0] == "output"}
         self._reset_state(clear_stats=False)
+        self.files, self.counters = files, counters
         self.restarts += 1
         self.start()
 

@@ -82,6 +82,7 @@ def test_refused_connections_then_back_with_state_kept(simulator):
 def test_restart_forgets_queue_and_history_but_keeps_statistics(simulator):
     client = simulator.client()
     done, _, _ = run(client, txt2img())
+    (image,) = client.history(done)["outputs"]["9"]["images"]
     simulator.configure(step_time=0.05)
     queued = str(uuid.uuid4())
     client.submit(txt2img(steps=50), prompt_id=str(uuid.uuid4()), client_id="c")
@@ -91,6 +92,8 @@ def test_restart_forgets_queue_and_history_but_keeps_statistics(simulator):
     stats = simulator.stats()
     assert stats["restarts"] == 1 and stats["executions"][done] == 1 and stats["submissions"][queued] == 1
     assert stats["loaded_checkpoint"] is None  # a new process has nothing loaded
+    with client.view(**image) as stream:  # output files survive a restart, like files on disk
+        assert b"".join(stream).startswith(b"\x89PNG")
     with client.event_stream("c") as events, pytest.raises(PromptUnknown):
         list(events.follow(queued, idle_interval=0.05))
 
