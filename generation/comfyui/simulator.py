@@ -812,7 +812,7 @@ def build_app(simulator):
                                     headers={"Content-Disposition": f'filename="{filename}"'})
         return web.Response(body=stored.data, content_type="image/png",
                             headers={"Content-Disposition": f'filename="{filename}"', "Etag": stored.etag,
-                                     "Last-Modified": stored.last_modified, "Accept-Ranges": "bytes"})
+                                     "Last-Modified": stored.last_modified})
 
     @routes.get("/object_info")
     async def object_info(request):
