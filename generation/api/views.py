@@ -44,6 +44,10 @@ from models_registry.models import AvailableModel
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 TRUE_VALUES = {"1", "true", "yes", "on"}
+# what changes between a submit's insert and its response (on-commit queueing, a fast worker);
+# refreshing only these keeps the already-loaded user instead of fetching it again
+STATE_FIELDS = ["status", "queued_at", "started_at", "finished_at", "updated_at", "backend", "attempts",
+                "progress", "current_node", "current_step", "total_steps", "error", "error_detail", "regenerated_from"]
 
 _ERR = OpenApiResponse(ErrorSerializer, description="Error (see the `error.code`)")
 AUTH_ERRORS = {401: _ERR}
@@ -145,7 +149,7 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def generate(self, request):
         generation, created = services.submit_generation(user=request.user, data=request.data,
                                                          idempotency_key=_idempotency_key(request))
-        generation.refresh_from_db()  # queued by now (on commit), not the pending we created
+        generation.refresh_from_db(fields=STATE_FIELDS)  # queued by now (on commit), not the pending we created
         if not created:
             return self._render(generation)
         return self._render(generation, status_code=status.HTTP_201_CREATED,
@@ -176,7 +180,7 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         generation = services.regenerate_generation(request=original, user=request.user,
                                                     same_seed=body.validated_data["same_seed"],
                                                     idempotency_key=_idempotency_key(request))
-        generation.refresh_from_db()
+        generation.refresh_from_db(fields=STATE_FIELDS)
         return self._render(generation, status_code=status.HTTP_201_CREATED,
                             headers={"Location": _location(request, generation)})
 
