@@ -4,6 +4,7 @@ Every page needs a login; another user's request or image id answers 404, exactl
 State changes (submit, cancel, regenerate, delete) are POSTs with CSRF.
 """
 
+import hashlib
 import json
 import uuid
 
@@ -44,20 +45,32 @@ def _back(request, default):
     return default
 
 
+def _form_idempotency_key(request, form):
+    """One request per rendered form and content: a double click posts the same key and fields and
+    gets the first request back; the same form changed (e.g. after the Back button) is a new one."""
+    rendered = request.POST.get("idempotency_key", "")
+    if not rendered:
+        return None
+    content = json.dumps([rendered[:100], form.to_data()], sort_keys=True, default=str)
+    return "form:" + hashlib.sha256(content.encode()).hexdigest()
+
+
+def _thumbnail_url(generation, index, size, *, fallback):
+    sizes = generation.thumbnails[index] if index < len(generation.thumbnails or []) else {}
+    if size not in (sizes or {}):
+        return fallback  # no thumbnail of that size was made: the browser scales the image
+    return reverse("generation-thumbnail", kwargs={"pk": generation.pk, "index": index, "size": size})
+
+
 def image_links(generation):
     """URLs of each stored image of ``generation`` (served by the API's owner-checked image views)."""
     links = []
     for n in range(len(generation.outputs or [])):
         url = reverse("generation-image", kwargs={"pk": generation.pk, "index": n})
-        sizes = generation.thumbnails[n] if n < len(generation.thumbnails or []) else {}
-
-        def thumbnail(size, n=n, sizes=sizes, url=url):
-            if size not in (sizes or {}):
-                return url  # no thumbnail of that size was made: the browser scales the image
-            return reverse("generation-thumbnail", kwargs={"pk": generation.pk, "index": n, "size": size})
-
-        links.append({"index": n, "url": url, "download": f"{url}?download=1", "thumbnail": thumbnail("medium"),
-                      "small": thumbnail("small"), "viewer": reverse("image-viewer", args=[generation.pk, n])})
+        links.append({"index": n, "url": url, "download": f"{url}?download=1",
+                      "thumbnail": _thumbnail_url(generation, n, "medium", fallback=url),
+                      "small": _thumbnail_url(generation, n, "small", fallback=url),
+                      "viewer": reverse("image-viewer", args=[generation.pk, n])})
     return links
 
 
@@ -81,7 +94,7 @@ def generate(request):
         form = GenerateForm(request.POST)
         try:
             generation, _ = services.submit_generation(user=request.user, data=form.to_data(),
-                                                       idempotency_key=request.POST.get("idempotency_key") or None)
+                                                       idempotency_key=_form_idempotency_key(request, form))
         except ParamsInvalid as exc:
             form.add_params_errors(exc.fields)
             status = 400
@@ -91,12 +104,15 @@ def generate(request):
         else:
             return redirect("request-detail", generation.pk)
     else:
-        source = request.GET.get("from")
-        source = selectors.request_for_user(user=request.user, request_id=source) if source else None
-        form = GenerateForm.from_request(source, same_seed=request.GET.get("seed") == "same") if source \
-            else GenerateForm()
+        source = None
+        if request.GET.get("from"):
+            source = selectors.request_for_user(user=request.user, request_id=request.GET["from"])
+        if source is not None:
+            form = GenerateForm.from_request(source, same_seed=request.GET.get("seed") == "same")
+        else:
+            form = GenerateForm()
     return render(request, "generation/generate.html",
-                  {"form": form, "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4()},
+                  {"form": form, "idempotency_key": request.POST.get("idempotency_key", "")[:100] or uuid.uuid4()},
                   status=status)
 
 

@@ -190,6 +190,16 @@
     if (link) window.location.href = link.href;
   });
 
+  /* A form restored by the Back button is a new form: give it a new idempotency key. */
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    all("input[name=idempotency_key]").forEach(function (input) {
+      var bytes = new Uint8Array(16);
+      window.crypto.getRandomValues(bytes);
+      input.value = Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+    });
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     all("[data-live-url]").forEach(followStatus);
     all("[data-lora-row]").forEach(setupLoraRow);

@@ -131,6 +131,10 @@ def test_submit_with_two_loras_and_advanced_settings(login, user, checkpoint, lo
     again = login(user).post(reverse("generate"), data)
     assert again["Location"] == response["Location"]
     assert GenerationRequest.objects.filter(user=user).count() == 1
+    # the same rendered form, changed (Back button, edit, submit) is a new request
+    changed = login(user).post(reverse("generate"), {**data, "prompt": "a different prompt"})
+    assert changed["Location"] != response["Location"]
+    assert GenerationRequest.objects.filter(user=user).count() == 2
 
 
 def test_empty_seed_draws_a_random_one(login, user, checkpoint):
