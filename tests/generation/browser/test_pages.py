@@ -197,3 +197,18 @@ def test_login_models_and_staff_backends_pages(live_server, page, staff_user, mo
     expect(page.locator('[data-backend-url="http://127.0.0.1:9"]')).to_contain_text("In rotation")
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(re.compile(r"/accounts/login/"))
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+    .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+    .map(el => el.outerHTML.slice(0, 120))"""
+
+
+def test_every_control_has_a_label(live_server, page, user, models):
+    checkpoint, _ = models
+    request = stored(user, checkpoint, 1, Status.FAILED)
+    log_in(page, live_server.url, user)
+    for path in ("/", "/history/", "/models/", f"/requests/{request.pk}/", f"/requests/{request.pk}/delete/",
+                 f"/?from={request.pk}"):
+        page.goto(live_server.url + path)
+        assert page.evaluate(UNLABELLED) == [], path
