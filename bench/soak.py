@@ -308,6 +308,12 @@ class Soak:
         if alive:
             problems.append(f"cluster processes still alive: {alive}")
 
+        try:
+            from django_q.brokers import get_broker
+
+            broker_left = get_broker().queue_size()  # wake-ups never consumed: a backlog delays resumes
+        except Exception as exc:
+            broker_left = f"unknown ({exc.__class__.__name__})"
         elapsed = self.drained_at - self.t0
         completed = [r for r in rows if r["status"] == Status.COMPLETED]
         latencies = sorted((r["finished_at"] - r["created_at"]).total_seconds() for r in rows if r["finished_at"])
@@ -322,6 +328,7 @@ class Soak:
             "max_submissions_per_prompt": max((n for st in stats for n in st["submissions"].values()), default=0),
             "max_executions_per_prompt": max((n for st in stats for n in st["executions"].values()), default=0),
             "backend_restarts": sum(st["restarts"] for st in stats),
+            "broker_tasks_left": broker_left,
             "wall_seconds": round(elapsed, 1), "requests_per_second": round(len(rows) / elapsed, 1),
             "latency_p50_s": _pct(latencies, 50), "latency_p99_s": _pct(latencies, 99),
             "timeline": self.timeline,
@@ -409,7 +416,8 @@ def format_summary(result):
         f"missing: {s['missing']}",
         f"executions per backend: {list(s['executions_per_backend'].values())}; backend restarts: "
         f"{s['backend_restarts']}; max submissions/executions per prompt_id: "
-        f"{s['max_submissions_per_prompt']}/{s['max_executions_per_prompt']}",
+        f"{s['max_submissions_per_prompt']}/{s['max_executions_per_prompt']}; "
+        f"broker tasks left unconsumed: {s['broker_tasks_left']}",
         "timeline:",
         *[f"  {t:7.1f}s  {what}" for t, what in s["timeline"]],
     ]

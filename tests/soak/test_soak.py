@@ -37,8 +37,13 @@ def test_small_soak_with_faults(simulator_factory, cluster_factory, _media_root,
         Conf.CLUSTER_NAME = Conf.PREFIX = queue  # cluster_factory restores Conf after the test
         return cluster
 
-    result = Soak(config, simulators=simulators, start_cluster=start_cluster, media_root=_media_root,
-                  log=lambda line: None).run()
+    try:
+        result = Soak(config, simulators=simulators, start_cluster=start_cluster, media_root=_media_root,
+                      log=lambda line: None).run()
+    finally:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).delete(f"django_q:{queue}:q")  # wake-ups nobody will consume
     result.summary["broker"] = "redis"
     summary = format_summary(result)
     with capsys.disabled():
