@@ -309,12 +309,14 @@ class JobRunner:
     # --- endings -------------------------------------------------------------------------------
 
     def fail(self, message, detail):
-        won = states.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
-                                where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
-                                error=message[:4000], error_detail={**detail, "backend": self.job.backend,
-                                                                    "attempt": self.job.attempt})
+        with transaction.atomic():
+            won = states.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
+                                    where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
+                                    error=message[:4000], error_detail={**detail, "backend": self.job.backend,
+                                                                        "attempt": self.job.attempt})
+            if won:
+                backends.record_outcome(self.job.backend, completed=False)
         if won:
-            backends.record_outcome(self.job.backend, completed=False)
             logger.info("request %s failed: %s", self.job.request_id, message)
         self.cleanup_files()
         if not won:
