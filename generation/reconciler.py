@@ -117,9 +117,9 @@ def wake_for_waiting(now=None):
         in_flight = 0
     missing = max(0, min(free, waiting.count()) - in_flight)
     if missing:
-        from generation.tasks import wake_dispatcher
+        from generation.tasks import send_wakeups
 
-        wake_dispatcher(missing)
+        send_wakeups(missing)
     return missing
 
 

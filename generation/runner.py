@@ -256,11 +256,11 @@ class JobRunner:
         self.complete(outputs, thumbnails)
 
     def wake_next(self):
-        from generation.tasks import wake_dispatcher
+        from generation.tasks import send_wakeups
 
         if not self.woke:
             self.woke = True
-            wake_dispatcher()
+            send_wakeups(1)
 
     def store_outputs(self, images):
         """Stream each image from ``/view`` into storage with a ``parameters`` chunk; make thumbnails."""

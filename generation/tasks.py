@@ -17,6 +17,7 @@ import time
 
 from django.conf import settings
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.tasks import async_task
 
 from generation import backends
@@ -29,7 +30,19 @@ logger = logging.getLogger(__name__)
 
 
 def wake_dispatcher(count=1):
-    """Enqueue ``count`` dispatch wake-ups (each runs at most one job)."""
+    """Enqueue up to ``count`` dispatch wake-ups, but no more than there are free slots not
+    already covered by tasks waiting in the broker (a submit while every slot is busy needs no
+    wake-up: the job that frees a slot sends one). Without this, a burst of submissions piles
+    up no-op wake-ups in the broker, ahead of the reconciler's ``resume`` tasks."""
+    try:
+        backlog = get_broker().queue_size() or 0
+    except Exception:  # a broker we cannot measure: wake anyway, extra wake-ups are harmless
+        backlog = 0
+    send_wakeups(min(count, backends.free_slots() - backlog))
+
+
+def send_wakeups(count=1):
+    """Enqueue ``count`` dispatch wake-ups unconditionally (a job freeing its slot sends one)."""
     for _ in range(max(0, count)):
         async_task("generation.tasks.dispatch", save=False)
 
@@ -39,14 +52,14 @@ def dispatch():
     claim = claim_next()
     if claim is None:
         return "idle"
-    if backends.free_slots() and GenerationRequest.objects.filter(status=Status.QUEUED).exists():
+    if GenerationRequest.objects.filter(status=Status.QUEUED).exists():
         wake_dispatcher()  # fill the other free slots in parallel, one wake-up at a time
     woke = False
     try:
         woke = run_job(Job(claim.request_id, claim.attempt, claim.backend, claim.prompt_id, claim.lease))
     finally:
         if not woke:
-            wake_dispatcher()
+            send_wakeups(1)
     return f"{claim.request_id} attempt {claim.attempt} on {claim.backend}"
 
 
@@ -56,10 +69,12 @@ def resume(request_id, attempt, lease):
                                            heartbeat_at=lease).values("backend", "comfyui_prompt_id").first()
     if row is None:
         return "not ours any more"
+    woke = False
     try:
-        run_job(Job(request_id, attempt, row["backend"], row["comfyui_prompt_id"], lease), resume=True)
+        woke = run_job(Job(request_id, attempt, row["backend"], row["comfyui_prompt_id"], lease), resume=True)
     finally:
-        wake_dispatcher()
+        if not woke:
+            send_wakeups(1)
     return f"{request_id} attempt {attempt} resumed"
 
 

@@ -43,7 +43,7 @@ def test_cancel_while_running_interrupts_comfyui(simulator, cluster_factory, wai
 def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_until, row_of, user, slow):
     simulator.configure(step_time=0.05)
     cluster_factory([(simulator.url, 2)])
-    first, _ = submit_generation(user=user, data=slow(steps=400))  # long enough to outlast a loaded machine
+    first, _ = submit_generation(user=user, data=slow(steps=150))  # 7.5 s: outlasts a loaded machine
     second, _ = submit_generation(user=user, data=slow(steps=40))
     wait_until(lambda: row_of(second).status == "running" and row_of(second).comfyui_prompt_id
                in simulator.stats()["pending"], timeout=15, what="second pending on ComfyUI")

@@ -1,0 +1,66 @@
+import pytest
+from django.utils import timezone
+
+from generation import tasks
+from generation.models import GenerationRequest
+from generation.states import Status
+
+pytestmark = pytest.mark.django_db
+
+URL = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def sent(monkeypatch, settings):
+    settings.COMFYUI_BACKENDS = [{"url": URL, "capacity": 2}]
+    calls = []
+    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def test_wakeups_are_capped_by_free_slots(sent):
+    tasks.wake_dispatcher(5)
+    assert sent == [("generation.tasks.dispatch",)] * 2
+
+
+def test_no_wakeup_when_every_slot_is_busy(sent, user):
+    for _ in range(2):
+        GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
+                                         backend=URL)
+    tasks.wake_dispatcher()
+    assert sent == []
+
+
+def test_a_slot_whose_prompt_finished_counts_as_free(sent, user):
+    for executed in (None, timezone.now()):
+        GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
+                                         backend=URL, executed_at=executed)
+    tasks.wake_dispatcher(3)
+    assert len(sent) == 1
+
+
+def test_wakeups_already_in_the_broker_count(sent, monkeypatch):
+    class Broker:
+        def queue_size(self):
+            return 1
+
+    monkeypatch.setattr(tasks, "get_broker", Broker)
+    tasks.wake_dispatcher(5)
+    assert len(sent) == 1
+
+
+def test_send_wakeups_is_unconditional(sent):
+    tasks.send_wakeups(3)
+    assert len(sent) == 3
+
+
+def test_dispatch_without_work_is_a_no_op(sent):
+    assert tasks.dispatch() == "idle"
+    assert sent == []
+
+
+def test_resume_of_a_moved_lease_is_a_no_op(sent, user):
+    row = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
+                                           backend=URL, attempts=1, heartbeat_at=timezone.now())
+    assert tasks.resume(row.pk, 1, timezone.now()) == "not ours any more"
+    assert sent == []
