@@ -28,17 +28,38 @@
       busy = true;
       fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
         .then(function (response) {
+          if (response.status === 404) {
+            clearInterval(timer);
+            showProblem(container, "This request no longer exists (deleted in another window?).");
+            return null;
+          }
+          if (response.redirected) {  // to the login page: the session ended
+            clearInterval(timer);
+            showProblem(container, "You were logged out; reload the page to log in again.");
+            return null;
+          }
           if (!response.ok) throw new Error("status " + response.status);
           return response.text();
         })
         .then(function (html) {
+          if (html === null) return;
           container.innerHTML = html;
-          container.removeAttribute("data-poll-error");
           if (!isActive()) clearInterval(timer);
         })
-        .catch(function () { container.setAttribute("data-poll-error", "true"); })
+        .catch(function () { showProblem(container, "Lost contact with the server; retrying…"); })
         .then(function () { busy = false; });
     }, POLL_MS);
+  }
+
+  function showProblem(container, text) {
+    var note = container.querySelector(".poll-problem");
+    if (!note) {
+      note = document.createElement("p");
+      note.className = "poll-problem";
+      note.setAttribute("role", "status");
+      container.appendChild(note);
+    }
+    note.textContent = text;
   }
 
   /* LoRA rows: slider and number stay in step; a row's inputs are enabled only when it is chosen. */

@@ -212,3 +212,34 @@ def test_every_control_has_a_label(live_server, page, user, models):
                  f"/?from={request.pk}"):
         page.goto(live_server.url + path)
         assert page.evaluate(UNLABELLED) == [], path
+
+
+def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models):
+    from generation import states
+
+    checkpoint, _ = models
+    waiting = stored(user, checkpoint, 1, Status.QUEUED)
+    gone = stored(user, checkpoint, 2, Status.QUEUED)
+    polls = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/status/") else None)
+    log_in(page, live_server.url, user)
+
+    page.goto(f"{live_server.url}/requests/{waiting.pk}/")
+    expect(page.get_by_text("position 1 in the queue")).to_be_visible()
+    GenerationRequest.objects.filter(pk=waiting.pk).update(status=Status.RUNNING, current_step=3, total_steps=8,
+                                                           progress=0.375, current_node="KSampler (3)")
+    expect(page.get_by_text("Step 3 / 8 · KSampler (3)")).to_be_visible()
+    expect(page.get_by_test_id("percent")).to_have_text("38%")
+    assert states.transition(waiting.pk, Status.CANCELLED)
+    expect(page.locator('.live[data-status="cancelled"]')).to_be_visible()
+    count = len(polls)
+    page.wait_for_timeout(2500)
+    assert len(polls) == count, "the card kept polling a finished request"
+
+    page.goto(f"{live_server.url}/requests/{gone.pk}/")
+    page.context.clear_cookies()
+    expect(page.get_by_text("You were logged out; reload the page to log in again.")).to_be_visible()
+    log_in(page, live_server.url, user)
+    page.goto(f"{live_server.url}/requests/{gone.pk}/")
+    GenerationRequest.objects.filter(pk=gone.pk).delete()
+    expect(page.get_by_text("This request no longer exists")).to_be_visible()
