@@ -157,9 +157,12 @@ def test_phone_layout_has_no_sideways_scrolling(live_server, new_page, user, mod
     checkpoint, _ = models
     for n in range(3):
         stored(user, checkpoint, n, Status.CANCELLED)
+    done = stored(user, checkpoint, 3, Status.COMPLETED)
+    GenerationRequest.objects.filter(pk=done.pk).update(outputs=[f"generations/{user.pk}/x_0.png"])
     page = new_page(viewport={"width": 390, "height": 844})
     log_in(page, live_server.url, user)
-    for path, name in (("/", "phone-generate"), ("/history/", "phone-history"), ("/models/", None)):
+    for path, name in (("/", "phone-generate"), ("/history/", "phone-history"), ("/models/", None),
+                       (f"/requests/{done.pk}/", None), (f"/requests/{done.pk}/images/0/", None)):
         page.goto(live_server.url + path)
         assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth"), path
         if name:
