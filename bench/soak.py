@@ -214,10 +214,23 @@ class Soak:
         if not self.config.faults:
             return []
         return [
-            (0.25, "restart backend 2", lambda: self.simulators[min(1, len(self.simulators) - 1)].restart()),
+            (0.25, "restart the busiest backend", self.restart_busiest_backend),
             (0.45, "kill -9 worker cluster 1", self.kill_cluster),
             (0.65, "terminate the clusters' database connections", self.drop_database_connections),
         ]
+
+    def restart_busiest_backend(self):
+        """Restart the backend holding the most prompts, so the restart really loses work."""
+        deadline = time.monotonic() + 5
+        while True:
+            loads = [(s.stats()["queue_remaining"], i) for i, s in enumerate(self.simulators)]
+            busiest, index = max(loads)
+            if busiest or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.simulators[index].restart()
+        self.note(f"  backend {index + 1} restarted while holding {busiest} prompt(s)")
+        return index
 
     def kill_cluster(self):
         cluster = self.clusters[0]
