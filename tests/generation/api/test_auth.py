@@ -138,3 +138,14 @@ def test_authorization_matrix(who, route, client_for, user, other_user, staff_us
 def test_other_users_list_never_shows_my_requests(client_for, user, other_user, make_generation):
     make_generation(user)
     assert client_for(other_user).get("/api/v1/comfyui/").json()["results"] == []
+
+
+def test_browsable_api_pages_render_for_a_logged_in_user(client, user, make_generation):
+    done = make_generation(user, Status.COMPLETED, images=1)
+    client.force_login(user)
+    for path, status in [(f"/api/v1/comfyui/{done.pk}/", 200), ("/api/v1/comfyui/models/", 200),
+                         ("/api/v1/comfyui/generate/", 405), (f"/api/v1/comfyui/{done.pk}/regenerate/", 405),
+                         ("/api/v1/auth/webhook-secret/", 200)]:
+        response = client.get(path, HTTP_ACCEPT="text/html")
+        assert response.status_code == status, path
+        assert response["Content-Type"].startswith("text/html"), path

@@ -294,3 +294,12 @@ def test_regenerate_rejects_a_non_boolean(api, user, make_generation):
     response = api.post(f"{detail(original.pk)}regenerate/", {"same_seed": {"x": 1}}, format="json")
     assert response.status_code == 400
     assert "same_seed" in response.json()["error"]["fields"]
+
+
+def test_regenerate_honours_an_idempotency_key(api, user, make_generation):
+    original = make_generation(user, Status.COMPLETED)
+    url = f"{detail(original.pk)}regenerate/"
+    first = api.post(url, {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
+    second = api.post(url, {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
+    assert first.status_code == 201 and first.json()["id"] == second.json()["id"]
+    assert GenerationRequest.objects.filter(regenerated_from=original).count() == 1
