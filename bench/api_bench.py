@@ -113,11 +113,11 @@ def cpu_seconds(pids):
 
 
 def postgres_backends():
-    from django.db import connection
+    import psycopg  # not Django's connection: this runs inside the load generator's event loop
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [DB_NAME])
-        return [row[0] for row in cursor.fetchall()]
+    with psycopg.connect(f"{PG}/postgres") as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [DB_NAME]).fetchall()
+    return [row[0] for row in rows]
 
 
 class Gunicorn:
