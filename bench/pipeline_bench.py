@@ -4,8 +4,9 @@ throughput over 4 backends, model affinity against plain round-robin.
     .venv/bin/python bench/pipeline_bench.py [--only overhead,thumbnails,throughput,affinity]
                                              [--jobs 500] [--samples 20] [--affinity-jobs 16]
 
-Runs on PostgreSQL (``BENCH_DATABASE_URL``, default ``postgres://postgres@127.0.0.1:5432/genonaut_bench``;
-created and migrated if missing, its generation rows deleted first) with Django-Q's ORM broker
+Runs on PostgreSQL in a database of its own (``genonaut_pipeline_bench_<pid>`` on ``BENCH_POSTGRES``,
+default ``postgres://postgres@127.0.0.1:5432``; created, migrated, dropped at the end — two runs
+sharing a database would dispatch each other's requests) with Django-Q's ORM broker
 (``--redis URL`` for the Redis broker). Simulators and the worker cluster are real processes on
 free loopback ports, started and stopped (by PID) by this script. See bench/README.md.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/genonaut_bench"
+DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
 CHECKPOINTS = ("tiny-sd15-random.safetensors", "dreamshaper-8.safetensors")
 
 
@@ -43,8 +44,18 @@ def _create_database(url):
 
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(url):
+    import psycopg
+    from django.db import connections
+
+    connections.close_all()
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reset_data():
@@ -325,12 +336,13 @@ def main():
     parser.add_argument("--only", default="overhead,thumbnails,throughput,affinity")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--affinity-jobs", type=int, default=16)
+    parser.add_argument("--affinity-jobs", type=int, default=24)
     parser.add_argument("--redis", default="", help="use the Redis broker at this URL (e.g. redis://127.0.0.1:6379/15)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     media = tempfile.TemporaryDirectory(prefix="bench-media-")
-    setup_django(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), media.name)
+    database = f"{os.environ.get('BENCH_POSTGRES', DEFAULT_SERVER)}/genonaut_pipeline_bench_{os.getpid()}"
+    setup_django(database, media.name)
     user = reset_data()
     harness = Harness(redis_url=args.redis or None)
     import json
@@ -355,6 +367,7 @@ def main():
     finally:
         harness.close()
         media.cleanup()
+        drop_database(database)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ wrote. Every write (progress, heartbeat, the final transition) is conditional on
 job is no longer ours — cancelled (we make sure ComfyUI stops) or taken over by the
 reconciler after a stale heartbeat (we stop quietly: the new owner follows the same prompt).
 
-ComfyUI does not de-duplicate prompt ids, so before any submission we ask ``/history`` and
-``/queue`` (``client.locate``) and re-attach if the prompt is already there.
+ComfyUI does not de-duplicate prompt ids, so before any re-submission we ask ``/history`` and
+``/queue`` (``client.locate``) and re-attach if the prompt is already there. A fresh claim's
+prompt id is new (derived from an attempt number the claim just took), so its first
+submission needs no look-up; every later path (``resume``) looks first.
 """
 
 import logging
@@ -22,6 +24,7 @@ from django.utils import timezone
 
 from generation import backends, states
 from generation.comfyui import events as ev
+from generation.comfyui.client import Location
 from generation.comfyui.errors import (
     BackendUnavailable,
     ComfyUIError,
@@ -118,10 +121,15 @@ class JobRunner:
             self.request = GenerationRequest.objects.get(pk=job.request_id)
             workflow = self.request.workflow if resume and self.request.workflow else self.build_workflow()
             with self.client.event_stream(job.prompt_id) as events:
-                location = self.client.locate(job.prompt_id)
-                if location.state == "unknown":
-                    if resume:
+                if resume:
+                    # someone may have submitted it already: re-attach, never send it twice
+                    location = self.client.locate(job.prompt_id)
+                    if location.state == "unknown":
                         raise PromptUnknown(job.prompt_id, backend=job.backend)
+                else:
+                    # a fresh claim minted this prompt id a moment ago, so no one can have sent it;
+                    # submit() itself asks /queue + /history before retrying after a transport error
+                    location = Location("unsent")
                     self.client.submit(workflow, prompt_id=job.prompt_id, client_id=job.prompt_id)
                 if location.state == "finished":
                     outcome = ev.outcome_from_history(job.prompt_id, location.history)
