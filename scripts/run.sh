@@ -18,7 +18,8 @@ mkdir -p var/log
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # each child runs in its own process group (setsid), so its worker processes stop with it
+  for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true; done
   # The worker cluster waits for running jobs; give it a few seconds, then stop it hard —
   # the reconciler re-attaches whatever was running when it comes back.
   for _ in $(seq 1 20); do
@@ -27,7 +28,7 @@ cleanup() {
     [ "$alive" = 0 ] && break
     sleep 0.5
   done
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
 
@@ -43,7 +44,7 @@ DJANGO_SUPERUSER_PASSWORD="$ADMIN_PASSWORD" $PY manage.py createsuperuser --noin
 
 if [ -z "${COMFYUI_URL:-}" ]; then
   echo "COMFYUI_URL is not set: starting the bundled ComfyUI SIMULATOR (development only) on 127.0.0.1:$SIMULATOR_PORT"
-  $PY manage.py comfyui_simulator --host 127.0.0.1 --port "$SIMULATOR_PORT" > var/log/simulator.log 2>&1 &
+  setsid $PY manage.py comfyui_simulator --host 127.0.0.1 --port "$SIMULATOR_PORT" > var/log/simulator.log 2>&1 &
   pids+=($!)
   for _ in $(seq 1 50); do
     $PY -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $SIMULATOR_PORT)))" && break
@@ -54,7 +55,7 @@ fi
 $PY manage.py refresh_models || echo "refresh_models could not reach every source; see above"
 $PY manage.py setup_schedules
 
-$PY manage.py qcluster > var/log/worker.log 2>&1 &
+setsid $PY manage.py qcluster > var/log/worker.log 2>&1 &
 pids+=($!)
 
 echo
@@ -62,6 +63,6 @@ echo "Genonaut is running at http://$HOST:$PORT/"
 echo "  log in as: admin / $ADMIN_PASSWORD   (admin: http://$HOST:$PORT/admin/, API: http://$HOST:$PORT/api/v1/)"
 echo "  logs: var/log/worker.log, var/log/simulator.log — Ctrl-C stops everything"
 echo
-$PY manage.py runserver "$HOST:$PORT" --noreload &
+setsid $PY manage.py runserver "$HOST:$PORT" --noreload &
 pids+=($!)
 wait "${pids[-1]}"
