@@ -81,3 +81,14 @@ def test_two_concurrent_submits_with_one_idempotency_key_store_one_request(user,
     assert GenerationRequest.objects.filter(user=user).count() == 1
     # committed submits are queued (pending → queued on commit)
     assert GenerationRequest.objects.get(user=user).status == Status.QUEUED
+
+
+def test_submit_goes_through_when_the_throttle_cache_is_down(api, valid_params, monkeypatch):
+    """A Redis outage must not fail submits: the throttle fails open."""
+    from django.core.cache.backends.redis import RedisCache
+
+    down = RedisCache("redis://127.0.0.1:9/0", {})  # nothing listens on port 9
+    monkeypatch.setattr(SubmitThrottle, "cache", down)
+    monkeypatch.setattr(SubmitThrottle, "THROTTLE_RATES", {"submit": "1/min"})
+    codes = [api.post(GENERATE, valid_params, format="json").status_code for _ in range(2)]
+    assert codes == [201, 201]
