@@ -43,13 +43,20 @@ def test_cancel_while_running_interrupts_comfyui(simulator, cluster_factory, wai
 def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_until, row_of, user, slow):
     simulator.configure(step_time=0.05)
     cluster_factory([(simulator.url, 2)])
-    first, _ = submit_generation(user=user, data=slow(steps=150))  # 7.5 s: outlasts a loaded machine
-    second, _ = submit_generation(user=user, data=slow(steps=40))
-    wait_until(lambda: row_of(second).status == "running" and row_of(second).comfyui_prompt_id
-               in simulator.stats()["pending"], timeout=15, what="second pending on ComfyUI")
-    cancel_generation(request=row_of(second))
-    prompt_id = row_of(second).comfyui_prompt_id
-    assert prompt_id not in simulator.stats()["pending"]
-    assert simulator.client().locate(prompt_id).state == "unknown"  # deleted from the queue, never ran
-    assert simulator.executions(prompt_id) == 0
-    cancel_generation(request=row_of(first))
+    requests = [submit_generation(user=user, data=slow(steps=150))[0] for _ in range(2)]  # 7.5 s each
+
+    def one_pending_on_comfyui():
+        pending = simulator.stats()["pending"]
+        return next((r for r in map(row_of, requests) if r.status == "running" and r.comfyui_prompt_id in pending),
+                    None)
+
+    # both are claimed at once; which one ComfyUI runs first depends on which worker submits first
+    waiting = wait_until(one_pending_on_comfyui, timeout=15, what="one request pending on ComfyUI")
+    cancel_generation(request=waiting)
+    assert row_of(waiting).status == "cancelled"
+    assert waiting.comfyui_prompt_id not in simulator.stats()["pending"]
+    assert simulator.client().locate(waiting.comfyui_prompt_id).state == "unknown"  # deleted, never ran
+    assert simulator.executions(waiting.comfyui_prompt_id) == 0
+    other = next(r for r in requests if r.pk != waiting.pk)
+    assert row_of(other).status == "running"
+    cancel_generation(request=row_of(other))
