@@ -12,7 +12,7 @@ bind = "127.0.0.1:8000"
 forwarded_allow_ips = "127.0.0.1"
 
 # Requests are short database reads/writes (generation runs in the Django-Q workers), so the classic
-# 2 x cores + 1 sync workers keep the CPU busy; each costs ~60-70 MB RSS (bench/README.md).
+# 2 x cores + 1 sync workers keep the CPU busy; each costs ~75 MiB RSS, ~57 MiB PSS (bench/README.md).
 workers = multiprocessing.cpu_count() * 2 + 1
 worker_class = "sync"
 # Import the app once in the master: faster restarts and copy-on-write memory sharing. Django opens
