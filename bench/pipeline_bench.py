@@ -119,7 +119,8 @@ class Harness:
         name = f"genonaut-bench-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "genonaut.test_settings", "DATABASE_URL": database_url(),
                "COMFYUI_URL": ",".join(f"{b['url']};capacity={b['capacity']}" for b in backends),
-               "Q_WORKERS": str(workers or sum(b["capacity"] for b in backends)), "Q_POLL": "0.01",
+               "Q_WORKERS": str(workers or sum(b["capacity"] for b in backends)),
+               "Q_POLL": os.environ.get("BENCH_Q_POLL", "0.02"),  # ORM broker poll: the latency floor of a wake-up
                "Q_CLUSTER_NAME": name, "REDIS_URL": self.redis_url or "", "LOG_LEVEL": "INFO",
                "MEDIA_ROOT": os.environ["MEDIA_ROOT"], "PYTHONUNBUFFERED": "1"}
         for key, value in overrides.items():
