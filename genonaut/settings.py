@@ -49,16 +49,23 @@ def env_list(name, default=""):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+# Workers claim jobs in read-then-write transactions: IMMEDIATE takes SQLite's write lock at BEGIN
+# (so the busy timeout applies instead of an instant "database is locked"), WAL lets readers run
+# alongside the writer.
+SQLITE_OPTIONS = {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+
+
 def database_from_url(url, *, data_dir):
     """Turn ``DATABASE_URL`` (sqlite:///path or postgres://user:pw@host:port/db) into Django's dict."""
     if not url:
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": data_dir / "genonaut.sqlite3",
-                "OPTIONS": {"timeout": 20}}
+                "OPTIONS": dict(SQLITE_OPTIONS)}
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         # sqlite:///relative.db, sqlite:////absolute/path.db (the dj-database-url convention)
         path = unquote(parts.path[1:]) or ":memory:"
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {"timeout": 20}}
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": dict(SQLITE_OPTIONS)}
     if parts.scheme in {"postgres", "postgresql", "pgsql"}:
         options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         return {
