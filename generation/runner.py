@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from generation import backends, states
@@ -163,6 +163,12 @@ class JobRunner:
         except GenerationRequest.DoesNotExist:
             logger.info("request %s was deleted while it ran", job.request_id)
             stop_on_backend(_Ref(job.backend, job.prompt_id))
+        except DatabaseError:
+            raise  # the row cannot be written now; the reconciler resumes the job once the lease is stale
+        except Exception as exc:  # a bug must cost attempts (capped), not loop through resume forever
+            logger.exception("request %s attempt %s: unexpected error", job.request_id, job.attempt)
+            stop_on_backend(_Ref(job.backend, job.prompt_id))
+            self.requeue_or_fail(f"Internal error: {type(exc).__name__}: {exc}")
         finally:
             self.client.session.close()
 

@@ -114,3 +114,17 @@ def test_stop_on_backend_never_raises(user):
     request = GenerationRequest(user=user, backend="http://127.0.0.1:9", comfyui_prompt_id="x")
     stop_on_backend(request)  # logged, not raised
     stop_on_backend(GenerationRequest(user=user))  # nothing assigned: nothing to stop
+
+
+@pytest.mark.django_db
+def test_an_unexpected_error_costs_an_attempt_instead_of_looping(backend, user, valid_params, monkeypatch):
+    request = _queued(user, valid_params)
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(runner, "a1111_parameters", broken)
+    run_job(_job(claim_next()))
+    row = GenerationRequest.objects.get(pk=request.pk)
+    assert row.status == Status.QUEUED and row.attempts == 1
+    assert row.error_detail["retry_reason"] == "Internal error: KeyError: 'a bug'"
