@@ -169,6 +169,10 @@ def cluster_factory(transactional_db, settings, _media_root):
     for cluster in started:
         cluster.kill()  # a graceful stop waits for tasks in flight; tests have nothing left to save
         Path(cluster.log_path).unlink(missing_ok=True)
+    if Conf.REDIS and not Conf.ORM:  # leave nothing behind in the shared Redis database
+        from django_q.brokers import get_broker
+
+        get_broker().delete_queue()
     for name, value in saved_conf.items():
         setattr(Conf, name, value)
 

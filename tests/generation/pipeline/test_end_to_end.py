@@ -94,6 +94,10 @@ def test_end_to_end_on_the_redis_broker(simulator, cluster_factory, wait_for_req
     except redis.RedisError as exc:
         pytest.fail(f"Redis for broker tests is not reachable at {REDIS_TEST_URL}: {exc}")
     cluster_factory([simulator.url], redis_url=REDIS_TEST_URL)
+    from django_q.brokers import get_broker
+
+    # wake-ups go through Redis only: an ORM-broker cluster would never see them
+    assert type(get_broker()).__name__ == "Redis"
     requests = [submit_generation(user=user, data={**valid_params, "batch_size": 2})[0] for _ in range(3)]
     for request in requests:
         row = wait_for_request(request.pk, "completed", "failed", timeout=20)
