@@ -185,3 +185,31 @@ def test_a_job_finished_on_comfyui_frees_its_slot_while_outputs_are_stored(two_b
     assert claim_next() is None
     GenerationRequest.objects.filter(pk=first.id).update(executed_at=timezone.now())
     assert claim_next().request_id == second.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_claims_never_exceed_capacity_or_share_a_request(two_backends, user):
+    import threading
+
+    from django.db import connection
+
+    two_backends.COMFYUI_BACKENDS = [{"url": A, "capacity": 3}]
+    for i in range(10):
+        _queued(user, age=i)
+    claims, barrier = [], threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        try:
+            claims.append(claim_next())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    won = [c for c in claims if c is not None]
+    assert len(won) == 3 and len({c.request_id for c in won}) == 3
+    assert GenerationRequest.objects.filter(status=Status.RUNNING, backend=A).count() == 3
