@@ -58,6 +58,24 @@ def test_documented_env_names_only_variables_settings_reads():
             assert key in read_by_boto3 or f'"{key}"' in settings_source, f"{key} is documented but never read"
 
 
+def test_systemd_units_run_real_commands_and_files():
+    from django.core.management import get_commands
+
+    commands = get_commands()
+    units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
+    assert {unit.name for unit in units} >= {"genonaut-web.service", "genonaut-worker.service",
+                                              "genonaut-migrate.service"}
+    for unit in units:
+        text = unit.read_text()
+        assert "EnvironmentFile=/etc/genonaut/genonaut.env" in text, unit.name
+        for line in text.splitlines():
+            if line.startswith(("ExecStart=", "ExecStartPre=")) and "manage.py" in line:
+                command = line.split("manage.py", 1)[1].split()[0]
+                assert command in commands, f"{unit.name}: manage.py {command} does not exist"
+            if line.startswith("ExecStart=") and " -c " in line:
+                assert (ROOT / line.split(" -c ", 1)[1].split()[0]).is_file(), f"{unit.name}: config missing"
+
+
 def test_collectstatic_writes_hashed_names_for_the_proxy(tmp_path):
     result = manage(documented_env(tmp_path), "collectstatic", "--noinput", timeout=120)
     assert result.returncode == 0, result.stderr
