@@ -323,7 +323,8 @@ REDIS_URL = env_str("REDIS_URL")
 _q_timeout = GENERATION["JOB_DEADLINE_SECONDS"] + 120
 Q_CLUSTER = {
     "name": env_str("Q_CLUSTER_NAME", "genonaut"),
-    "workers": env_int("Q_WORKERS", max(4, sum(b["capacity"] for b in COMFYUI_BACKENDS))),
+    # one worker per job the backends may hold, plus two for watch_backend/reconcile/webhooks
+    "workers": env_int("Q_WORKERS", max(4, sum(b["capacity"] for b in COMFYUI_BACKENDS) + 2)),
     "timeout": _q_timeout,
     # retry counts from dequeue, prefetch included, so it must clear timeout with room to spare.
     "retry": _q_timeout + 300,

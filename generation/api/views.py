@@ -227,6 +227,7 @@ class BackendSerializer(serializers.Serializer):
     running = serializers.IntegerField()
     executing = serializers.IntegerField()
     waiting_on_backend = serializers.IntegerField()
+    storing_outputs = serializers.IntegerField(help_text="finished on ComfyUI, images being stored (holds no slot)")
     free_slots = serializers.IntegerField()
     loaded_checkpoint = serializers.CharField(allow_blank=True)
     jobs_completed = serializers.IntegerField()

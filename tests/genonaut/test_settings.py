@@ -100,7 +100,7 @@ def test_comfyui_url_list_from_environment_sizes_the_worker_pool(tmp_path):
     ns = load_settings(tmp_path, COMFYUI_URL="http://a:1;capacity=3, http://b:2 ,,http://c:3", COMFYUI_CAPACITY="4")
     assert [(b["url"], b["capacity"]) for b in ns["COMFYUI_BACKENDS"]] == [
         ("http://a:1", 3), ("http://b:2", 4), ("http://c:3", 4)]
-    assert ns["Q_CLUSTER"]["workers"] == 11  # one worker per job a backend may hold
+    assert ns["Q_CLUSTER"]["workers"] == 13  # one worker per job a backend may hold, plus two for housekeeping
 
 
 def test_production_without_comfyui_url_has_no_backends_and_no_simulator(tmp_path):
