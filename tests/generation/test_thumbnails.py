@@ -1,5 +1,4 @@
 import io
-import time
 
 import pytest
 from PIL import Image, ImageFilter
@@ -43,12 +42,7 @@ def test_other_modes_are_flattened(mode):
     assert Image.open(io.BytesIO(thumbs[0].data)).size == (50, 25)
 
 
-def test_1024_png_all_sizes_fast():
-    source = _png((1024, 1024)).getvalue()
-    timings = []
-    for _ in range(7):
-        start = time.perf_counter()
-        make_thumbnails(io.BytesIO(source), SIZES)
-        timings.append(time.perf_counter() - start)
-    # target 60 ms on an idle machine; the bound leaves room for a loaded CI box
-    assert sorted(timings)[3] < 0.2
+def test_1024_png_gives_every_size():
+    """Speed is measured in bench/pipeline_bench.py, not asserted here."""
+    thumbs = make_thumbnails(_png((1024, 1024)), SIZES)
+    assert sorted(Image.open(io.BytesIO(t.data)).size[0] for t in thumbs) == sorted(SIZES.values())
