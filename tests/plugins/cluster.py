@@ -5,7 +5,8 @@
   backoff settings; the test process's settings are switched to the same values, so services,
   the dispatcher and the reconciler called from the test agree with the workers. Options:
   ``workers``, ``redis_url`` (use the Redis broker instead of the ORM one), ``generation``
-  (``GENERATION`` overrides). Returns a :class:`Cluster`; every cluster is killed after the test.
+  (``GENERATION`` overrides), ``name`` (the queue; give several clusters one name to share it).
+  Returns a :class:`Cluster`; every cluster is killed after the test.
 - ``wait_for_request(request_id, *statuses, timeout)``: poll the row until it reaches a status.
 
 Tests using them need ``@pytest.mark.django_db(transaction=True)`` (the workers must see
@@ -131,12 +132,12 @@ def cluster_factory(transactional_db, settings, _media_root):
     started = []
     saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "CLUSTER_NAME", "PREFIX")}
 
-    def factory(backends, *, workers=None, redis_url=None, generation=None, env=None):
+    def factory(backends, *, workers=None, redis_url=None, generation=None, env=None, name=None):
         backends = backend_list(backends)
         overrides = {**TEST_GENERATION, **(generation or {})}
         settings.COMFYUI_BACKENDS = backends
         settings.GENERATION = {**settings.GENERATION, **overrides}
-        name = f"genonaut-test-{uuid.uuid4().hex[:8]}"
+        name = name or f"genonaut-test-{uuid.uuid4().hex[:8]}"  # clusters given one name share a queue
         child_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "genonaut.test_settings",

@@ -21,8 +21,6 @@ REDIS_URL = os.environ.get("SOAK_REDIS_URL", "redis://127.0.0.1:6379/13")
 @pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 def test_small_soak_with_faults(simulator_factory, cluster_factory, _media_root, capsys):
-    from django_q.conf import Conf
-
     config = SoakConfig(requests=200, users=20, backends=4, clusters=2, error_rate=0.05, deadline=150,
                         stale_heartbeat=2, reconcile_every=1.0, cluster_down=2.0)
     simulators = [simulator_factory(step_time=config.step_time, load_time=config.load_time, seed=config.seed + i)
@@ -31,19 +29,12 @@ def test_small_soak_with_faults(simulator_factory, cluster_factory, _media_root,
     queue = f"soak-{uuid.uuid4().hex[:8]}"  # both clusters (and this process) share one queue
 
     def start_cluster(index):
-        cluster = cluster_factory(backends, workers=config.workers, redis_url=REDIS_URL,
-                                  generation={"STALE_HEARTBEAT_SECONDS": config.stale_heartbeat},
-                                  env={"Q_CLUSTER_NAME": queue, "LOG_LEVEL": "INFO"})
-        Conf.CLUSTER_NAME = Conf.PREFIX = queue  # cluster_factory restores Conf after the test
-        return cluster
+        # cluster_factory deletes the queue from Redis after the test
+        return cluster_factory(backends, workers=config.workers, redis_url=REDIS_URL, name=queue,
+                               generation={"STALE_HEARTBEAT_SECONDS": config.stale_heartbeat})
 
-    try:
-        result = Soak(config, simulators=simulators, start_cluster=start_cluster, media_root=_media_root,
-                      log=lambda line: None).run()
-    finally:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL).delete(f"django_q:{queue}:q")  # wake-ups nobody will consume
+    result = Soak(config, simulators=simulators, start_cluster=start_cluster, media_root=_media_root,
+                  log=lambda line: None).run()
     result.summary["broker"] = "redis"
     summary = format_summary(result)
     with capsys.disabled():
