@@ -26,18 +26,33 @@ def queue_position(request):
 
     Round-robin: if this is the user's k-th oldest queued request, every other user with
     queued requests goes before it at most k times (once more if their turn comes first,
-    approximated by their oldest request being older than ours).
+    approximated by their oldest request being older than ours). One query.
     """
-    if request.status not in (Status.PENDING, Status.QUEUED):
-        return None
-    waiting = GenerationRequest.objects.filter(status__in=[Status.PENDING, Status.QUEUED])
-    k = waiting.filter(user_id=request.user_id, created_at__lt=request.created_at).count()
-    others = (waiting.exclude(user_id=request.user_id).values("user_id")
-              .annotate(n=Count("id"), older=Count("id", filter=Q(created_at__lt=request.created_at))))
-    ahead = k
-    for row in others:
-        ahead += min(row["n"], k + (1 if row["older"] else 0))
-    return ahead + 1
+    return queue_positions([request]).get(request.pk)
+
+
+def queue_positions(requests):
+    """``{pk: position}`` for the waiting ones among ``requests`` (see :func:`queue_position`), in one
+    query for all of them: per user with waiting requests, how many wait and, for each distinct
+    ``created_at`` of ours, how many of theirs are older — which is ``k`` for the owner and "their
+    turn comes first" for everyone else. No query when none of ``requests`` is waiting."""
+    waiting_rows = [r for r in requests if r.status in (Status.PENDING, Status.QUEUED)]
+    if not waiting_rows:
+        return {}
+    moments = {moment: f"older_{i}" for i, moment in enumerate(sorted({r.created_at for r in waiting_rows}))}
+    older = {key: Count("id", filter=Q(created_at__lt=moment)) for moment, key in moments.items()}
+    per_user = list(GenerationRequest.objects.filter(status__in=[Status.PENDING, Status.QUEUED])
+                    .values("user_id").annotate(n=Count("id"), **older).order_by())
+    positions = {}
+    for request in waiting_rows:
+        key = moments[request.created_at]
+        k = next((row[key] for row in per_user if row["user_id"] == request.user_id), 0)
+        ahead = k
+        for row in per_user:
+            if row["user_id"] != request.user_id:
+                ahead += min(row["n"], k + (1 if row[key] else 0))
+        positions[request.pk] = ahead + 1
+    return positions
 
 
 def history_for_user(user, *, status=None, newest_first=True):
