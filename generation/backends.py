@@ -32,6 +32,11 @@ def configured_urls():
     return [backend["url"] for backend in settings.COMFYUI_BACKENDS]
 
 
+def configured_capacity():
+    """Slots of all configured backends together: the most :func:`free_slots` can ever answer."""
+    return sum(backend["capacity"] for backend in settings.COMFYUI_BACKENDS)
+
+
 def client_for(url):
     return ComfyUIClient(url, timeout=settings.COMFYUI_TIMEOUT, retries=2)
 

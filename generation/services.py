@@ -9,6 +9,7 @@ import logging
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from generation import states
 from generation.errors import NotCancellable, TooManyActiveRequests
@@ -35,13 +36,13 @@ def submit_generation(*, user, data, idempotency_key=None):
     try:
         with transaction.atomic():
             # Lock the user's row so two concurrent submits cannot both pass the limit check.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").first()
             active = GenerationRequest.objects.filter(user=user, status__in=list(ACTIVE)).count()
             if active >= limit:
                 raise TooManyActiveRequests(limit)
             request = GenerationRequest.objects.create(user=user, idempotency_key=idempotency_key or None,
                                                        **params.as_fields())
-            transaction.on_commit(lambda: queue_generation(request.pk))
+            transaction.on_commit(lambda: queue_generation(request.pk, request=request))
     except IntegrityError:
         if idempotency_key:  # a concurrent submit with the same key won the race
             return GenerationRequest.objects.get(user=user, idempotency_key=idempotency_key), False
@@ -49,10 +50,25 @@ def submit_generation(*, user, data, idempotency_key=None):
     return request, True
 
 
-def queue_generation(request_id):
+# what may change between a submit's insert and its answer
+STATE_FIELDS = ["status", "queued_at", "started_at", "finished_at", "updated_at", "backend", "attempts",
+                "progress", "current_node", "current_step", "total_steps", "error", "error_detail", "regenerated_from"]
+
+
+def queue_generation(request_id, *, request=None):
     """pending → queued, then wake a worker. Safe to call twice; a lost wake-up is re-sent by
-    the reconciler, which finds queued requests with no live task."""
-    states.transition(request_id, Status.QUEUED, expect={Status.PENDING})
+    the reconciler, which finds queued requests with no live task.
+
+    ``request``, the caller's instance of that row, is kept in step with it: given the values the
+    transition wrote, or re-read when someone else moved the row first (so a submit answers
+    without reading its row back)."""
+    now = timezone.now()
+    won = states.transition(request_id, Status.QUEUED, expect={Status.PENDING}, now=now)
+    if request is not None:
+        if won:
+            request.status, request.queued_at, request.updated_at = Status.QUEUED, now, now
+        else:
+            request.refresh_from_db(fields=STATE_FIELDS)
     from generation.tasks import wake_dispatcher
 
     try:

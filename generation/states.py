@@ -49,12 +49,13 @@ class InvalidTransition(ValueError):
     """A transition the machine never allows (a programming error, not a lost race)."""
 
 
-def transition(request_id, to, *, expect=None, where=None, **fields):
+def transition(request_id, to, *, expect=None, where=None, now=None, **fields):
     """Move one request to ``to`` if it is still in an allowed state; return whether we won.
 
     ``expect`` narrows the allowed from-states (e.g. only ``{running}``); ``where`` adds
     conditions such as ``{"attempts": 2}`` so a worker from an older attempt cannot finish
-    a job that was since dispatched again. ``fields`` are written in the same UPDATE.
+    a job that was since dispatched again. ``fields`` are written in the same UPDATE. ``now`` (default:
+    the current time) is the stamp written, for a caller that mirrors the row in memory.
     """
     from generation.models import GenerationRequest
 
@@ -67,7 +68,7 @@ def transition(request_id, to, *, expect=None, where=None, **fields):
         if not expect <= allowed:
             raise InvalidTransition(f"{sorted(expect - allowed)} → {to} is not a transition")
         allowed = frozenset(expect)
-    now = timezone.now()
+    now = now or timezone.now()
     fields.setdefault(_STAMP[to], now)
     if to in TERMINAL:
         fields.setdefault("heartbeat_at", None)

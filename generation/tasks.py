@@ -33,11 +33,16 @@ def wake_dispatcher(count=1):
     """Enqueue up to ``count`` dispatch wake-ups, but no more than there are free slots not
     already covered by tasks waiting in the broker (a submit while every slot is busy needs no
     wake-up: the job that frees a slot sends one). Without this, a burst of submissions piles
-    up no-op wake-ups in the broker, ahead of the reconciler's ``resume`` tasks."""
+    up no-op wake-ups in the broker, ahead of the reconciler's ``resume`` tasks.
+
+    Free slots never exceed the configured capacity, so when the backlog already covers that,
+    the answer is "none" without asking the database (a burst's submits cost one query here)."""
     try:
         backlog = get_broker().queue_size() or 0
     except Exception:  # a broker we cannot measure: wake anyway, extra wake-ups are harmless
         backlog = 0
+    if min(count, backends.configured_capacity() - backlog) <= 0:
+        return
     send_wakeups(min(count, backends.free_slots() - backlog))
 
 

@@ -64,3 +64,15 @@ def test_resume_of_a_moved_lease_is_a_no_op(sent, user):
                                            backend=URL, attempts=1, heartbeat_at=timezone.now())
     assert tasks.resume(row.pk, 1, timezone.now()) == "not ours any more"
     assert sent == []
+
+
+def test_a_backlog_covering_every_configured_slot_skips_the_free_slot_check(sent, monkeypatch,
+                                                                            django_assert_num_queries):
+    class Broker:
+        def queue_size(self):
+            return 2  # the configured capacity
+
+    monkeypatch.setattr(tasks, "get_broker", Broker)
+    with django_assert_num_queries(0):
+        tasks.wake_dispatcher(5)
+    assert sent == []
