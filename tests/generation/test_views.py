@@ -414,3 +414,20 @@ def test_images_fall_back_to_the_full_image_without_thumbnails(login, user, chec
     GenerationRequest.objects.filter(pk=done.pk).update(thumbnails=[])
     html = login(user).get(reverse("request-detail", args=[done.pk])).content.decode()
     assert f'<img src="/api/v1/comfyui/{done.pk}/images/0/"' in html
+
+
+def test_history_counts_only_a_few_pages_ahead(login, user, checkpoint, monkeypatch):
+    from generation import views
+
+    monkeypatch.setattr(views.LookaheadPaginator, "LOOKAHEAD_PAGES", 1)
+    for n in range(24 * 4 + 1):
+        make_request(user, checkpoint, status=Status.COMPLETED, prompt=f"prompt {n:03}")
+    client = login(user)
+    first = client.get(reverse("history")).content.decode()
+    assert "Page 1 of 2+ · more than 48 requests" in first and 'rel="next"' in first
+    third = client.get(reverse("history") + "?page=3").content.decode()
+    assert "Page 3 of 4+ · more than 96 requests" in third and "prompt 048" in third
+    last = client.get(reverse("history") + "?page=5").content.decode()
+    assert "Page 5 of 5 · 97 requests" in last and "prompt 000" in last and 'rel="next"' not in last
+    beyond = client.get(reverse("history") + "?page=9").content.decode()
+    assert "Page 5 of 5 · 97 requests" in beyond
