@@ -20,7 +20,7 @@ from generation import backends, states
 from generation.models import GenerationRequest
 from generation.runner import stop_on_backend
 from generation.states import Status
-from generation.storage import delete_request_files
+from generation.storage import delete_request_files, delete_unreferenced_files
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def fail_past_deadline(now=None):
                              error_detail={"reason": "deadline", "deadline_seconds": limit,
                                            "backend": request.backend, "attempt": request.attempts}):
             backends.record_outcome(request.backend, completed=False)
+            # the worker may be dead mid-store, or still storing: files it wrote are nobody's now
+            delete_unreferenced_files(request)
             count += 1
     return count
 

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLER_SHARE = 0.85  # of the progress bar: sampling dominates the time of a txt2img run
 CANCEL_GRACE_SECONDS = 3.0  # an interrupt we did not send may be a cancel about to be written
+HISTORY_WAIT_SECONDS = 10.0  # after execution_success, how long ComfyUI may take to write the history entry
 
 
 class NotOurs(Exception):
@@ -259,7 +260,7 @@ class JobRunner:
         self.write(force=True, current_node="Saving images", progress=max(self.progress, 0.99),
                    executed_at=timezone.now())
         self.wake_next()
-        entry = self.client.history(self.job.prompt_id) or {}
+        entry = self.finished_entry()
         images = [image for image in (entry.get("outputs", {}).get(SAVE_NODE_ID, {}).get("images") or [])
                   if image.get("type", "output") == "output"]
         if not images:
@@ -268,6 +269,22 @@ class JobRunner:
                                   backend=self.job.backend)
         outputs, thumbnails = self.store_outputs(images)
         self.complete(outputs, thumbnails)
+
+    def finished_entry(self):
+        """The prompt's history entry after a success event.
+
+        ComfyUI sends ``execution_success`` a moment before it writes the history entry (the
+        prompt still shows as running until then), so wait for it; a prompt that is in neither
+        queue nor history was lost by a restart in between, and is retried, not failed.
+        """
+        deadline = time.monotonic() + HISTORY_WAIT_SECONDS
+        while True:
+            location = self.client.locate(self.job.prompt_id)
+            if location.state == "finished":
+                return location.history
+            if location.state == "unknown" or time.monotonic() > deadline:
+                raise PromptUnknown(self.job.prompt_id, backend=self.job.backend)
+            time.sleep(0.05)
 
     def wake_next(self):
         from generation.tasks import send_wakeups

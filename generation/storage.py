@@ -116,3 +116,22 @@ def request_file_names(request):
 def delete_request_files(request):
     """Delete every file the request references (used by delete and by retention)."""
     return delete_files(request_file_names(request))
+
+
+def attempt_file_names(request):
+    """Every path an attempt of ``request`` could have written, referenced or not: what a worker
+    killed mid-store, or still storing when the job was failed elsewhere, may have left behind."""
+    from django.conf import settings
+
+    names = []
+    for index in range(request.batch_size):
+        names.append(image_path(request, index))
+        for size in settings.GENERATION["THUMBNAIL_SIZES"]:
+            names.extend(thumbnail_path(request, index, size, extension) for extension in ("webp", "jpg"))
+    return names
+
+
+def delete_unreferenced_files(request):
+    """Delete the files an attempt may have written that the row does not reference."""
+    keep = set(request_file_names(request))
+    return delete_files([name for name in attempt_file_names(request) if name not in keep])

@@ -59,6 +59,17 @@ def test_past_deadline_fails_with_timeout(one_backend, user, enqueued):
     assert row.error_detail["reason"] == "deadline"
 
 
+def test_past_deadline_deletes_what_a_dead_worker_left_half_stored(one_backend, user, enqueued):
+    from generation.storage import image_path, thumbnail_path
+
+    late = _running(user, deadline_in=-1)
+    left = [image_path(late, 0), thumbnail_path(late, 0, "small", "webp")]
+    for name in left:
+        save_exact(name, b"partial")
+    assert reconciler.reconcile()["timed_out"] == 1
+    assert not any(default_storage.exists(name) for name in left)
+
+
 def test_lost_wakeups_are_resent_for_free_slots(one_backend, user, enqueued):
     old = timezone.now() - timedelta(seconds=60)
     for _ in range(3):

@@ -63,6 +63,50 @@ def test_completion_that_loses_to_a_cancel_deletes_its_files(backend, user, vali
 
 
 @pytest.mark.django_db
+def test_history_lost_after_success_requeues_instead_of_failing(backend, user, valid_params, monkeypatch):
+    """A restart between execution_success and our history read loses the outputs: retry the job."""
+    request = _queued(user, valid_params)
+    real_finish = runner.JobRunner.finish
+
+    def restart_then_finish(self, outcome, workflow):
+        backend.restart()
+        return real_finish(self, outcome, workflow)
+
+    monkeypatch.setattr(runner.JobRunner, "finish", restart_then_finish)
+    run_job(_job(claim_next()))
+    row = GenerationRequest.objects.get(pk=request.pk)
+    assert row.status == Status.QUEUED and row.attempts == 1
+    assert "lost the prompt" in row.error_detail["retry_reason"]
+
+
+@pytest.mark.django_db
+def test_history_written_late_after_success_is_waited_for(backend, user, valid_params, monkeypatch):
+    """ComfyUI announces success before it writes the history entry: wait, never resubmit."""
+    request = _queued(user, valid_params)
+    client_cls = type(backends_client(backend.url))
+    real_locate = client_cls.locate
+    calls = []
+
+    def late_history(self, prompt_id):
+        calls.append(prompt_id)
+        if len(calls) < 3:
+            return runner.Location("running")
+        return real_locate(self, prompt_id)
+
+    monkeypatch.setattr(client_cls, "locate", late_history)
+    run_job(_job(claim_next()))
+    row = GenerationRequest.objects.get(pk=request.pk)
+    assert row.status == Status.COMPLETED and len(calls) >= 3
+    assert backend.submissions(row.comfyui_prompt_id) == 1
+
+
+def backends_client(url):
+    from generation.backends import client_for
+
+    return client_for(url)
+
+
+@pytest.mark.django_db
 def test_a_job_whose_lease_was_taken_stops_without_submitting(backend, user, valid_params):
     request = _queued(user, valid_params)
     claim = claim_next()
