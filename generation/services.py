@@ -117,9 +117,10 @@ def cancel_generation(*, request):
         from generation.runner import stop_on_backend
 
         stop_on_backend(request)
-        states.transition(request.pk, Status.CANCELLED, expect={Status.RUNNING})
-    elif request.status in WAITING:
-        states.transition(request.pk, Status.CANCELLED, expect=WAITING)
+    if request.status in ACTIVE:
+        # Any active state: once the prompt is gone from ComfyUI, its worker may requeue the
+        # request (running → queued) before this write lands; the person still asked to cancel.
+        states.transition(request.pk, Status.CANCELLED, expect=ACTIVE)
     request.refresh_from_db()
     if request.status != Status.CANCELLED:
         raise NotCancellable(f"The request is already {request.status}.")

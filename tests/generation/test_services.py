@@ -8,7 +8,7 @@ from django.core.files.storage import default_storage
 from django.db import connections
 from django.utils import timezone
 
-from generation import services
+from generation import services, states
 from generation.errors import NotCancellable, ParamsInvalid, TooManyActiveRequests
 from generation.models import GenerationRequest
 from generation.services import (
@@ -145,6 +145,22 @@ def test_cancel_running_request_stops_it_on_its_backend_first(user, checkpoint, 
     cancelled = cancel_generation(request=request)
     assert stopped == [request.pk]
     assert cancelled.status == Status.CANCELLED
+
+
+def test_cancel_wins_even_when_the_worker_requeues_meanwhile(user, checkpoint, monkeypatch):
+    """Deleting the prompt from ComfyUI can make its worker requeue the request (prompt lost)
+    before the cancel is written: the cancel must still land, or the job would run again."""
+    import generation.runner
+
+    request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
+                                               status=Status.RUNNING, backend="http://b1", comfyui_prompt_id="x",
+                                               attempts=1)
+
+    def worker_requeues(req):
+        assert states.transition(req.pk, Status.QUEUED, expect={Status.RUNNING})
+
+    monkeypatch.setattr(generation.runner, "stop_on_backend", worker_requeues)
+    assert cancel_generation(request=request).status == Status.CANCELLED
 
 
 def test_cancel_is_idempotent(user, checkpoint, stopped):
