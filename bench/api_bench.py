@@ -1,6 +1,6 @@
 """API benchmark: submit throughput/latency and list-page latency, against PostgreSQL and gunicorn.
 
-    .venv/bin/python bench/api_bench.py [--clients 32] [--duration 10] [--workers 4]
+    .venv/bin/python bench/api_bench.py [--clients 32] [--duration 10] [--workers 4] [--threads 1]
                                         [--rows 1000000] [--broker orm|redis|both] [--skip-submit] [--skip-list]
 
 Everything runs on loopback in its own database (``genonaut_api_bench``, dropped and re-created) and,
@@ -121,12 +121,13 @@ def postgres_backends():
 
 
 class Gunicorn:
-    def __init__(self, *, workers, extra_env=None):
+    def __init__(self, *, workers, threads=1, extra_env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # threads > 1: gunicorn's gthread worker (keeps connections alive); 1: the sync worker
         self.process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "genonaut.wsgi", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-             "--backlog", "256", "--log-level", "warning"],
+            [str(ROOT / ".venv/bin/gunicorn"), "genonaut.wsgi", "-w", str(workers), "--threads", str(threads),
+             "-b", f"127.0.0.1:{self.port}", "--backlog", "256", "--log-level", "warning"],
             cwd=ROOT, env={**os.environ, **ENV, **(extra_env or {})}, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -224,7 +225,7 @@ def bench_submit(args, broker):
     from generation.models import GenerationRequest
 
     GenerationRequest.objects.filter(user__username__startswith="submit-").delete()  # a --reuse run starts clean
-    server = Gunicorn(workers=args.workers, extra_env=extra)
+    server = Gunicorn(workers=args.workers, threads=args.threads, extra_env=extra)
     cpu = {}
 
     def snapshot():
@@ -244,7 +245,7 @@ def bench_submit(args, broker):
         for key in client.scan_iter("django_q:genonaut:*"):
             client.delete(key)
     ok = statuses.get(201, 0)
-    result = {"broker": broker, "clients": args.clients, "gunicorn_workers": args.workers,
+    result = {"broker": broker, "clients": args.clients, "gunicorn_workers": args.workers, "threads": args.threads,
               "seconds": args.duration, "statuses": statuses, "submits_per_second": round(ok / args.duration, 1),
               **summary(latencies),
               # CPU spent per submit (all submits incl. warm-up), whatever else the machine was doing
@@ -311,7 +312,7 @@ def bench_list(args):
     import requests
 
     token = bulk_insert(args.rows)
-    server = Gunicorn(workers=args.workers)
+    server = Gunicorn(workers=args.workers, threads=args.threads)
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
     rng = random.Random(5)
@@ -378,7 +379,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (> 1: gthread worker)")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--list-samples", type=int, default=200)
     parser.add_argument("--broker", choices=["orm", "redis", "both"], default="both")

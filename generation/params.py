@@ -7,7 +7,7 @@ dispatch time the workflow builder checks the graph again against the chosen bac
 """
 
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from django.conf import settings
 
@@ -48,9 +48,8 @@ class GenerationParams:
 
     def as_fields(self):
         """Keyword arguments for ``GenerationRequest(...)``."""
-        data = asdict(self)
-        data["checkpoint"] = self.checkpoint
-        return data
+        # not asdict(): it deep-copies every value, the checkpoint model instance included
+        return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
 class _Errors:
