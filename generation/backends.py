@@ -109,9 +109,19 @@ def probe_due_backends():
     return [url for url in due if probe(url)]
 
 
+def check_idle_backends():
+    """Probe the backends in rotation that run nothing for us: one that died while idle leaves
+    rotation now, instead of costing the next job an attempt. Return the URLs that went down."""
+    busy = set(GenerationRequest.objects.filter(status=Status.RUNNING).values_list("backend", flat=True))
+    idle = [row.url for row in sync_backends() if row.is_healthy and row.url not in busy]
+    return [url for url in idle if not probe(url)]
+
+
 def record_outcome(url, *, completed):
+    """Count a finished job; a completed one is also proof the backend answered."""
     field = "jobs_completed" if completed else "jobs_failed"
-    BackendState.objects.filter(url=url).update(**{field: F(field) + 1})
+    extra = {"last_ok_at": timezone.now()} if completed else {}
+    BackendState.objects.filter(url=url).update(**{field: F(field) + 1}, **extra)
 
 
 def free_slots():

@@ -93,7 +93,9 @@ def queue_forgotten_pending(now=None):
 
 
 def probe_backends():
-    """Probe backends whose backoff expired; wake workers for the slots the ones back offer."""
+    """Probe backends whose backoff expired, and idle ones in rotation (a backend that died while
+    idle leaves rotation before a job finds out); wake workers for the slots the ones back offer."""
+    backends.check_idle_backends()
     back = backends.probe_due_backends()
     if back:
         from generation.tasks import wake_dispatcher

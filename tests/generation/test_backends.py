@@ -75,3 +75,23 @@ def test_backend_overview_shape(configured, user):
                           "last_checked_at", "capacity", "running", "executing", "waiting_on_backend", "free_slots",
                           "loaded_checkpoint", "jobs_completed", "jobs_failed", "completed_last_hour",
                           "failed_last_hour", "recent_failures", "storing_outputs"}
+
+
+def test_an_idle_backend_that_died_leaves_rotation_and_a_busy_one_is_left_alone(configured, settings, user,
+                                                                                  simulator):
+    settings.COMFYUI_BACKENDS = [{"url": DOWN, "capacity": 2}, {"url": simulator.url, "capacity": 2},
+                                 {"url": "http://127.0.0.1:7", "capacity": 2}]
+    backends.sync_backends()
+    GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
+                                     backend="http://127.0.0.1:7", attempts=1)
+    assert backends.check_idle_backends() == [DOWN]
+    healthy = dict(BackendState.objects.values_list("url", "is_healthy"))
+    assert healthy == {DOWN: False, simulator.url: True, "http://127.0.0.1:7": True}  # busy: its job will tell
+    assert BackendState.objects.get(url=simulator.url).last_checked_at is not None
+
+
+def test_a_completed_job_counts_as_a_sign_of_life(configured):
+    backends.sync_backends()
+    backends.record_outcome(DOWN, completed=True)
+    state = BackendState.objects.get(url=DOWN)
+    assert state.jobs_completed == 1 and state.last_ok_at is not None

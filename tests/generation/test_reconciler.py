@@ -23,8 +23,9 @@ def enqueued(monkeypatch):
 
 
 @pytest.fixture
-def one_backend(settings):
-    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+def one_backend(settings, simulator):
+    """A live backend: the reconciler probes idle backends and would take a dead one out of rotation."""
+    settings.COMFYUI_BACKENDS = [{"url": simulator.url, "capacity": 2}]
     settings.COMFYUI_TIMEOUT = 0.2
     settings.GENERATION = {**settings.GENERATION, "STALE_HEARTBEAT_SECONDS": 30, "JOB_DEADLINE_SECONDS": 600}
 
