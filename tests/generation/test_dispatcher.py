@@ -7,6 +7,7 @@ from django.utils import timezone
 from generation.dispatcher import _Backend, _Candidate, choose, claim_next, fair_order, prompt_id_for
 from generation.models import BackendState, GenerationRequest
 from generation.states import Status
+from tests.concurrency import run_concurrently
 
 A, B = "http://127.0.0.1:9001", "http://127.0.0.1:9002"
 
@@ -205,11 +206,7 @@ def test_concurrent_claims_never_exceed_capacity_or_share_a_request(two_backends
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_concurrently([claim] * 8)
     won = [c for c in claims if c is not None]
     assert len(won) == 3 and len({c.request_id for c in won}) == 3
     assert GenerationRequest.objects.filter(status=Status.RUNNING, backend=A).count() == 3

@@ -18,6 +18,7 @@ from generation.services import (
     submit_generation,
 )
 from generation.states import Status
+from tests.concurrency import run_concurrently
 
 
 @pytest.fixture
@@ -121,11 +122,7 @@ def test_concurrent_submits_cannot_both_pass_the_limit(make_user, checkpoint, va
             finally:
                 connections.close_all()
 
-        threads = [threading.Thread(target=submit) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        run_concurrently([submit] * 2)
         assert sorted(outcomes) == ["limited", "ok"]
         GenerationRequest.objects.filter(user=user).update(status=Status.CANCELLED, finished_at=timezone.now())
 

@@ -1,5 +1,6 @@
 """The status state machine: every transition, terminal states, conditions, and real races on PostgreSQL."""
 
+import functools
 import itertools
 import threading
 import time
@@ -11,6 +12,7 @@ from django.db.models import F
 from generation import states
 from generation.models import GenerationRequest
 from generation.states import ALLOWED_FROM, TERMINAL, InvalidTransition, Status, can_transition, transition
+from tests.concurrency import run_concurrently
 
 ALL = list(Status)
 ALLOWED = {(frm, to) for to, froms in ALLOWED_FROM.items() for frm in froms}
@@ -142,12 +144,7 @@ def race(*actions):
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(t.is_alive() for t in threads), "a racer hung"
+    run_concurrently([functools.partial(run, i, a) for i, a in enumerate(actions)])
     assert errors == []
     return results
 

@@ -13,6 +13,7 @@ from generation.models import GenerationRequest
 from models_registry import services
 from models_registry.models import AvailableModel, ModelType
 from models_registry.services import RefreshFailed, check_models_health, hash_model, refresh_models
+from tests.concurrency import run_concurrently
 from tests.models_registry.safetensors_files import SD15_TENSORS, SDXL_LORA_TENSORS, SDXL_TENSORS, write_safetensors
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-protocol"
@@ -381,11 +382,7 @@ def test_concurrent_refreshes_register_each_model_once(models_dir):
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=refresh) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_concurrently([refresh] * 2)
     assert errors == []
     assert sorted(len(r.added) for r in results) == [0, 5]
     assert AvailableModel.objects.count() == 5

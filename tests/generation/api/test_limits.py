@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from generation.api.throttles import SubmitThrottle
 from generation.models import GenerationRequest
 from generation.states import Status
+from tests.concurrency import run_concurrently
 
 GENERATE = "/api/v1/comfyui/generate/"
 
@@ -71,11 +72,7 @@ def test_two_concurrent_submits_with_one_idempotency_key_store_one_request(user,
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=submit) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    run_concurrently([submit] * 2)
     assert sorted(code for code, _ in results) == [200, 201]
     assert len({request_id for _, request_id in results}) == 1
     assert GenerationRequest.objects.filter(user=user).count() == 1
