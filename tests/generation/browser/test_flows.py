@@ -131,6 +131,13 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, s
     assert again.sampler_params == row.sampler_params and again.lora_models == row.lora_models
     assert again.regenerated_from_id == row.pk
 
+    # history shows both finished requests with their thumbnails
+    page.goto(f"{live_server.url}/history/")
+    expect(page.locator("#history > li")).to_have_count(2)
+    page.wait_for_function("() => [...document.querySelectorAll('#history img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    screenshot(page, "history-completed")
+
     # delete the first request from its viewer, after confirming
     outputs = GenerationRequest.objects.get(pk=request_id).outputs
     assert all(default_storage.exists(name) for name in outputs)
