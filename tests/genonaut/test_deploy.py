@@ -104,14 +104,14 @@ def gunicorn_server(tmp_path, settings, django_db_setup, django_db_blocker):
     proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "deploy/gunicorn.conf.py",
                              "genonaut.wsgi"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            requests.get(base + "/healthz", headers={"Host": "genonaut.example.com"}, timeout=5)
-            break
-        except (requests.ConnectionError, requests.Timeout):  # still booting (slowly, on a loaded box)
-            time.sleep(0.2)
-    try:
+    try:  # whatever happens while it boots, the server is stopped below
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                requests.get(base + "/healthz", headers={"Host": "genonaut.example.com"}, timeout=5)
+                break
+            except (requests.ConnectionError, requests.Timeout):  # still booting (slowly, on a loaded box)
+                time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
         yield base
     finally:
