@@ -231,4 +231,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

@@ -14,6 +14,7 @@ free loopback ports, started and stopped (by PID) by this script. See bench/READ
 import argparse
 import io
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -372,4 +373,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

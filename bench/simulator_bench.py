@@ -10,6 +10,7 @@ drives it over TCP from this process and prints the figures. Targets: ≥ 200 su
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import sys
 import time
@@ -114,4 +115,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers this started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
