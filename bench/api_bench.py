@@ -34,6 +34,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import support  # bench/support.py: the script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "genonaut_api_bench"  # its own: other benches use genonaut_bench
 PG = "postgres://postgres@127.0.0.1:5432"
@@ -69,20 +71,8 @@ def summary(latencies_ms):
             "max_ms": round(max(latencies_ms), 2), "mean_ms": round(statistics.fmean(latencies_ms), 2)}
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def recreate_database():
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
-                   env={**os.environ, **ENV}, timeout=300)
+    support.recreate_database(DB_NAME, ENV)
 
 
 def database_exists():
@@ -122,7 +112,7 @@ def postgres_backends():
 
 class Gunicorn:
     def __init__(self, *, workers, threads=1, extra_env=None):
-        self.port = free_port()
+        self.port = support.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # threads > 1: gunicorn's gthread worker (keeps connections alive); 1: the sync worker
         self.process = subprocess.Popen(

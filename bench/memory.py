@@ -17,13 +17,14 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import support  # bench/support.py: the script's own folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,21 +53,9 @@ def children(pid):
     return found
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def recreate_database():
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
-                   env={**os.environ, "DJANGO_SETTINGS_MODULE": "genonaut.test_settings",
-                        "DATABASE_URL": f"{PG}/{DB_NAME}"})
+    support.recreate_database(DB_NAME, {"DJANGO_SETTINGS_MODULE": "genonaut.test_settings",
+                                        "DATABASE_URL": f"{PG}/{DB_NAME}"})
 
 
 def run_once(args, workdir):
@@ -77,7 +66,7 @@ def run_once(args, workdir):
 
     recreate_database()
     simulator = start_simulator(step_time=0.01, load_time=0.05)
-    port = free_port()
+    port = support.free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "genonaut.settings",

@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts: free loopback ports and throwaway databases."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = "postgres://postgres@127.0.0.1:5432"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def recreate_database(name, env):
+    """Drop and re-create PostgreSQL database ``name`` (its own, never a shared one) and migrate it
+    with the environment ``env`` (which must point ``DATABASE_URL`` at it)."""
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
+                   env={**os.environ, **env}, timeout=300)
