@@ -116,8 +116,10 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, s
     assert image.size == (256, 256) and "Seed: 1234" in image.text["parameters"]
     page.get_by_role("link", name="← Previous").click()
     expect(page.get_by_role("heading", name="Image 1 of 2")).to_be_visible()
+    page.wait_for_load_state("load")  # the key handler comes with the deferred script
     page.keyboard.press("ArrowRight")  # arrow keys walk the images too
     expect(page.get_by_role("heading", name="Image 2 of 2")).to_be_visible()
+    page.wait_for_load_state("load")
     page.keyboard.press("ArrowLeft")
     expect(page.get_by_role("heading", name="Image 1 of 2")).to_be_visible()
 
