@@ -46,8 +46,12 @@ def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_
     requests = [submit_generation(user=user, data=slow(steps=150))[0] for _ in range(2)]  # 7.5 s each
 
     def one_pending_on_comfyui():
-        pending = simulator.stats()["pending"]
-        return next((r for r in map(row_of, requests) if r.status == "running" and r.comfyui_prompt_id in pending),
+        # pending behind the other one: a prompt just submitted to an idle ComfyUI is listed as
+        # pending for an instant before it starts, and that one is not "waiting"
+        stats = simulator.stats()
+        rows = [row_of(r) for r in requests]
+        running = {r.comfyui_prompt_id for r in rows if r.comfyui_prompt_id and r.comfyui_prompt_id == stats["running"]}
+        return next((r for r in rows if running and r.status == "running" and r.comfyui_prompt_id in stats["pending"]),
                     None)
 
     # both are claimed at once; which one ComfyUI runs first depends on which worker submits first
@@ -55,7 +59,8 @@ def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_
     cancel_generation(request=waiting)
     assert row_of(waiting).status == "cancelled"
     assert waiting.comfyui_prompt_id not in simulator.stats()["pending"]
-    assert simulator.client().locate(waiting.comfyui_prompt_id).state == "unknown"  # deleted, never ran
+    location = simulator.client().locate(waiting.comfyui_prompt_id)
+    assert location.state == "unknown", (location, simulator.stats())  # deleted, never ran
     assert simulator.executions(waiting.comfyui_prompt_id) == 0
     other = next(r for r in requests if r.pk != waiting.pk)
     assert row_of(other).status == "running"
