@@ -327,6 +327,8 @@ class EventStream:
             if now - self._unavailable_since >= self.unavailable_grace:
                 raise
             return None
+        finally:
+            self._last_check = time.monotonic()  # the interval to the next check counts from the answer
         self._unavailable_since = None
         if location.state == "finished":
             return ev.outcome_from_history(prompt_id, location.history)
@@ -344,7 +346,7 @@ class EventStream:
         Raises :class:`PromptUnknown` when the backend has neither queued nor finished the prompt, and
         :class:`BackendUnavailable` when it stopped answering for longer than ``unavailable_grace``.
         """
-        last_check = float("-inf")  # the first quiet moment checks the backend (re-attachment, lost prompts)
+        self._last_check = float("-inf")  # the first quiet moment checks the backend (re-attachment, lost prompts)
         last_yield = time.monotonic()
         while True:
             now = time.monotonic()
@@ -352,19 +354,16 @@ class EventStream:
             if self.socket is None:
                 if now >= self._next_connect and self.connect(raise_errors=False):
                     self.reconnects += 1
-                    outcome = self._check_backend(prompt_id)  # frames sent while we were away are gone
-                    last_check = time.monotonic()
-                    if outcome is not None:
+                    # frames sent while we were away are gone
+                    if (outcome := self._check_backend(prompt_id)) is not None:
                         yield outcome
                         return
                     continue
                 if quiet >= idle_interval:
-                    if now - last_check >= idle_interval:
-                        outcome = self._check_backend(prompt_id)
-                        last_check = time.monotonic()
-                        if outcome is not None:
-                            yield outcome
-                            return
+                    if now - self._last_check >= idle_interval and (
+                            outcome := self._check_backend(prompt_id)) is not None:
+                        yield outcome
+                        return
                     last_yield = time.monotonic()
                     yield ev.Idle(prompt_id=prompt_id, connected=False)
                     continue
@@ -375,9 +374,7 @@ class EventStream:
             if event is not None and (isinstance(event, ev.Status) or event.prompt_id == prompt_id):
                 if isinstance(event, ev.Executing) and event.node is None:
                     # The legacy "done" frame without a terminal frame before it: ask history what happened.
-                    outcome = self._check_backend(prompt_id)
-                    last_check = time.monotonic()
-                    if outcome is not None:
+                    if (outcome := self._check_backend(prompt_id)) is not None:
                         yield outcome
                         return
                     continue
@@ -389,11 +386,9 @@ class EventStream:
             # nothing for us (a timeout, another prompt's frame, a lost socket)
             if self.socket is None or time.monotonic() - last_yield < idle_interval:
                 continue
-            if time.monotonic() - last_check >= self.poll_interval:
-                outcome = self._check_backend(prompt_id)
-                last_check = time.monotonic()
-                if outcome is not None:
-                    yield outcome
-                    return
+            if time.monotonic() - self._last_check >= self.poll_interval and (
+                    outcome := self._check_backend(prompt_id)) is not None:
+                yield outcome
+                return
             last_yield = time.monotonic()
             yield ev.Idle(prompt_id=prompt_id, connected=True)
