@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-RECORDED_OBJECT_INFO = Path(__file__).with_name("recorded") / "object_info-core.json"
+RECORDED_OBJECT_INFO = Path(__file__).with_name("recorded") / "object_info-full.json"
 
 
 @dataclass(frozen=True)
