@@ -265,8 +265,10 @@ def bulk_insert(rows):
     checkpoint = AvailableModel.objects.get(name="tiny-sd15-random.safetensors")
     template = GenerationRequest.objects.create(
         user=user, prompt="template", checkpoint_model=checkpoint.name, checkpoint=checkpoint, status="completed",
-        finished_at=BASE_TIME, sampler_params={"seed": 1, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
-                                               "scheduler": "normal", "denoise": 1.0})
+        finished_at=BASE_TIME, params={"prompt": "template", "negative_prompt": "", "checkpoint_model": checkpoint.name,
+                                       "lora_models": [], "width": 512, "height": 512, "batch_size": 1,
+                                       "sampler_params": {"seed": 1, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                          "scheduler": "normal", "denoise": 1.0}})
     table = GenerationRequest._meta.db_table
     columns = [field.column for field in GenerationRequest._meta.concrete_fields]
     overrides = {

@@ -186,15 +186,15 @@ def bench_direct(sim, samples, size):
     import uuid
 
     from generation.comfyui import events as ev
-    from generation.comfyui.workflow import SAVE_NODE_ID, build_workflow
+    from generation.workflows import get_workflow
 
     client = sim.client()
     timings = []
     for i in range(samples):
         p = params(size=size, seed=10_000 + i)
-        workflow = build_workflow(prompt=p["prompt"], negative_prompt=p["negative_prompt"],
-                                  checkpoint_model=p["checkpoint_model"], lora_models=[], width=size, height=size,
-                                  batch_size=1, sampler_params=p["sampler_params"], filename_prefix=f"direct/{i}")
+        txt2img = get_workflow("txt2img")
+        workflow = txt2img.build({**p, "lora_models": [], "width": size, "height": size, "batch_size": 1},
+                                 files={}, filename_prefix=f"direct/{i}")
         prompt_id = str(uuid.uuid4())
         start = time.monotonic()
         with client.event_stream(prompt_id) as events:
@@ -202,7 +202,8 @@ def bench_direct(sim, samples, size):
             for event in events.follow(prompt_id, idle_interval=0.5):
                 if isinstance(event, ev.TERMINAL):
                     break
-        image = client.history(prompt_id)["outputs"][SAVE_NODE_ID]["images"][0]
+        save_node = txt2img.output_nodes(workflow)[0]
+        image = client.history(prompt_id)["outputs"][save_node]["images"][0]
         with client.view(image["filename"], image["subfolder"], image["type"]) as chunks:
             data = b"".join(chunks)
         timings.append(time.monotonic() - start)

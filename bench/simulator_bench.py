@@ -28,18 +28,18 @@ import requests  # noqa: E402
 django.setup()
 
 from generation.comfyui.client import ComfyUIClient  # noqa: E402
-from generation.comfyui.workflow import build_workflow  # noqa: E402
+from generation.workflows import get_workflow  # noqa: E402
 from tests.plugins.simulator import start_simulator  # noqa: E402
 
 
 def workflow(size, steps, prefix):
-    return build_workflow(prompt="benchmark lighthouse", negative_prompt="blurry",
-                          checkpoint_model="tiny-sd15-random.safetensors",
-                          lora_models=[{"name": "tiny-lora.safetensors", "strength_model": 0.8, "strength_clip": 0.8}],
-                          width=size, height=size, batch_size=1,
-                          sampler_params={"seed": 1, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                                          "scheduler": "normal", "denoise": 1.0},
-                          filename_prefix=prefix)
+    params = {"prompt": "benchmark lighthouse", "negative_prompt": "blurry",
+              "checkpoint_model": "tiny-sd15-random.safetensors",
+              "lora_models": [{"name": "tiny-lora.safetensors", "strength_model": 0.8, "strength_clip": 0.8}],
+              "width": size, "height": size, "batch_size": 1,
+              "sampler_params": {"seed": 1, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
+                                 "scheduler": "normal", "denoise": 1.0}}
+    return get_workflow("txt2img").build(params, files={}, filename_prefix=prefix)
 
 
 async def submit_many(url, count, concurrency):

@@ -269,7 +269,7 @@ class Soak:
         problems = result.problems
         rows = list(GenerationRequest.objects.values(
             "id", "status", "error", "error_detail", "outputs", "thumbnails", "batch_size", "backend",
-            "comfyui_prompt_id", "attempts", "sampler_params", "created_at", "finished_at"))
+            "comfyui_prompt_id", "attempts", "params", "created_at", "finished_at"))
         statuses = Counter(row["status"] for row in rows)
         if len(rows) != self.config.requests:
             problems.append(f"{len(rows)} requests stored, {self.config.requests} wanted")
@@ -367,7 +367,7 @@ class Soak:
         if row["outputs"] and (self.media_root / row["outputs"][0]).is_file():
             with Image.open(self.media_root / row["outputs"][0]) as image:
                 parameters = image.info.get("parameters", "")
-            if f"Seed: {row['sampler_params']['seed']}" not in parameters:
+            if f"Seed: {row['params']['sampler_params']['seed']}" not in parameters:
                 problems.append(f"completed {rid}: image parameters do not name its seed")
         executed = by_url.get(row["backend"], {}).get("executions", {}).get(row["comfyui_prompt_id"], 0)
         if executed != 1:

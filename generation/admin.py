@@ -35,9 +35,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationRequest)
 class GenerationRequestAdmin(ReadOnlyAdmin):
-    list_display = ("id", "user", "status", "short_prompt", "checkpoint_model", "backend", "progress_percent",
-                    "attempts", "created_at", "finished_at")
-    list_filter = ("status", "backend", ("created_at", admin.DateFieldListFilter))
+    list_display = ("id", "user", "status", "workflow_slug", "short_prompt", "checkpoint_model", "backend",
+                    "progress_percent", "attempts", "created_at", "finished_at")
+    list_filter = ("status", "workflow_slug", "backend", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("user",)
     search_fields = ("prompt", "user__username", "user__email", "comfyui_prompt_id")
     date_hierarchy = "created_at"
@@ -45,12 +45,12 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("id", "user", "status", "progress_percent", "current_node", "current_step",
                            "total_steps", "backend", "comfyui_prompt_id", "attempts")}),
-        ("Asked for", {"fields": ("prompt", "negative_prompt", "checkpoint_model", "checkpoint", "pretty_loras",
-                                  "width", "height", "batch_size", "pretty_sampler_params", "webhook_url",
-                                  "idempotency_key", "regenerated_from")}),
+        ("Asked for", {"fields": ("workflow_slug", "workflow_version", "pretty_params", "prompt", "checkpoint_model",
+                                  "checkpoint", "width", "height", "batch_size", "webhook_url", "idempotency_key",
+                                  "regenerated_from")}),
         ("Error", {"fields": ("error", "pretty_error_detail")}),
         ("Results", {"fields": ("pretty_outputs", "pretty_thumbnails", "webhook_delivered_at")}),
-        ("Workflow sent to ComfyUI", {"classes": ("collapse",), "fields": ("pretty_workflow",)}),
+        ("Graph sent to ComfyUI", {"classes": ("collapse",), "fields": ("pretty_graph",)}),
         ("Times", {"fields": ("created_at", "queued_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
                               "deadline_at")}),
     )
@@ -74,13 +74,9 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
     def progress_percent(self, obj):
         return f"{obj.progress:.0%}"
 
-    @admin.display(description="LoRAs")
-    def pretty_loras(self, obj):
-        return _pretty_json(obj.lora_models)
-
-    @admin.display(description="sampler parameters")
-    def pretty_sampler_params(self, obj):
-        return _pretty_json(obj.sampler_params)
+    @admin.display(description="parameters")
+    def pretty_params(self, obj):
+        return _pretty_json(obj.params)
 
     @admin.display(description="error detail (ComfyUI node / exception)")
     def pretty_error_detail(self, obj):
@@ -94,9 +90,9 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
     def pretty_thumbnails(self, obj):
         return _pretty_json(obj.thumbnails)
 
-    @admin.display(description="workflow")
-    def pretty_workflow(self, obj):
-        return _pretty_json(obj.workflow)
+    @admin.display(description="graph")
+    def pretty_graph(self, obj):
+        return _pretty_json(obj.graph)
 
 
 @admin.register(BackendState)

@@ -117,6 +117,63 @@ def check_idle_backends():
     return [url for url in idle if not probe(url)]
 
 
+# --- capabilities: which node classes and model files each backend has --------------------------------
+
+# ComfyUI's loader inputs that list a model folder's files
+_MODEL_LIST_INPUTS = {"checkpoints": ("CheckpointLoaderSimple", "ckpt_name"), "loras": ("LoraLoader", "lora_name"),
+                      "upscale_models": ("UpscaleModelLoader", "model_name")}
+
+
+def capabilities_of(object_info):
+    """``(node classes, {folder: [files]})`` a backend's ``/object_info`` shows."""
+    lists = {}
+    for folder, (node, name) in _MODEL_LIST_INPUTS.items():
+        lists[folder] = sorted(object_info.choices(node, name)) if object_info.has_node(node) else []
+    return sorted(object_info.data), lists
+
+
+def record_capabilities(url, object_info):
+    """Store what ``url``'s ``object_info`` says it can run (the dispatcher and submit read it)."""
+    nodes, lists = capabilities_of(object_info)
+    BackendState.objects.filter(url=url).update(node_classes=nodes, model_lists=lists,
+                                                capabilities_at=timezone.now())
+    return nodes, lists
+
+
+_noted = {}  # url -> the ObjectInfo this process recorded last (the client caches one per URL)
+
+
+def note_object_info(url, object_info):
+    """Record ``object_info`` unless it is the copy this process recorded already (a cache hit)."""
+    if _noted.get(url) is not object_info:
+        record_capabilities(url, object_info)
+        _noted[url] = object_info
+
+
+def refresh_capabilities(url, client=None):
+    """Fetch ``url``'s ``/object_info`` afresh and record it; raises ``BackendUnavailable``."""
+    info = (client or client_for(url)).object_info(refresh=True)
+    record_capabilities(url, info)
+    _noted[url] = info
+    return info
+
+
+def unmet_everywhere(requirements):
+    """``{backend url: [what it lacks]}`` when every configured backend is known to lack part of
+    ``requirements`` (a request nobody could run), else ``{}``. A backend whose capabilities were never
+    read counts as able: the check at dispatch decides for it."""
+    rows = sync_backends()
+    lacking = {}
+    for row in rows:
+        if row.capabilities_at is None:
+            return {}
+        missing = requirements.missing_on(set(row.node_classes), row.model_lists)
+        if not missing:
+            return {}
+        lacking[row.url] = missing
+    return lacking
+
+
 def record_outcome(url, *, completed):
     """Count a finished job; a completed one is also proof the backend answered."""
     field = "jobs_completed" if completed else "jobs_failed"

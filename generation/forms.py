@@ -1,154 +1,181 @@
-"""The Generate form: turns posted fields into the submit payload and puts errors back at their fields.
+"""The Generate form, rendered from a workflow's parameter definition.
 
-Validation is not repeated here: :func:`generation.params.validate_params` is the one place that
-says what is valid. This module only knows the form's shape — which HTML field carries which
-parameter — so a ``ParamsInvalid`` path such as ``sampler_params.steps`` or ``lora_models.1.name``
-can be shown next to the control that produced it, with everything the person typed kept.
+Validation is not repeated here: the workflow's :class:`~generation.workflows.fields.Parameters`
+is the one place that says what is valid. This module turns posted fields into the submit body
+(each control's HTML name is its parameter's dotted path) and puts each ``ParamsInvalid`` path
+back at the control that produced it, with everything the person typed kept.
 """
 
-from django.conf import settings
-
-from generation.comfyui.object_info import recorded_object_info
-from generation.params import RANDOM_SEED, SAMPLER_DEFAULTS, SIZE_PRESETS, offered_models
-from models_registry.models import ModelType
-
-TEXT_FIELDS = ("prompt", "negative_prompt", "checkpoint_model")
-SIZE_FIELDS = ("width", "height", "batch_size")
-SAMPLER_FIELDS = ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")
-ADVANCED_FIELDS = frozenset(SAMPLER_FIELDS)
-LORA_FIELD = "lora"  # checkbox, one per offered LoRA, value = its name
-
-
-def strength_field(name, which):
-    """HTML name of one LoRA's strength input (``which`` is ``model`` or ``clip``)."""
-    return f"strength_{which}__{name}"
-
-
-DEFAULTS = {"prompt": "", "negative_prompt": "", "checkpoint_model": "", "width": 512, "height": 512,
-            "batch_size": 1, **{key: value for key, value in SAMPLER_DEFAULTS.items()}, "seed": ""}
+from generation.workflows import all_workflows
+from generation.workflows.common import SIZE_PRESETS
+from generation.workflows.fields import MISSING, Context, Image, Loras, lookup
 
 
 class GenerateForm:
-    """The values shown in the Generate form, the choices it offers, and its errors.
+    """The values shown in the Generate form for one workflow, the choices it offers, and its errors.
 
-    ``values`` maps every HTML field to what is shown (typed text is kept verbatim);
-    ``loras`` maps each chosen LoRA's name to ``{strength_model, strength_clip}``;
-    ``errors`` maps HTML field names (and LoRA names in ``lora_errors``) to messages.
+    ``values`` maps each parameter's dotted name to what is shown (typed text is kept verbatim);
+    ``errors`` maps dotted names to messages (a LoRA's own problems are under its name in
+    ``lora_errors``).
     """
 
-    def __init__(self, data=None, *, initial=None):
+    def __init__(self, workflow, data=None, *, initial=None, user=None):
+        self.workflow = workflow
+        self.ctx = Context(user=user)
         self.is_bound = data is not None
         self.errors = {}
         self.lora_errors = {}
         self.non_field_errors = []
-        self.values = {**DEFAULTS, **(initial or {})}
-        self.loras = {}
-        if initial and initial.get("lora_models"):
-            self.loras = {item["name"]: {"strength_model": item.get("strength_model", 1.0),
-                                         "strength_clip": item.get("strength_clip", 1.0)}
-                          for item in initial["lora_models"] if isinstance(item, dict) and "name" in item}
-        self.values.pop("lora_models", None)
-        if self.is_bound:
-            self.values = {name: data.get(name, "") for name in (*TEXT_FIELDS, *SIZE_FIELDS, *SAMPLER_FIELDS)}
-            self.loras = {name: {"strength_model": data.get(strength_field(name, "model"), "1.0"),
-                                 "strength_clip": data.get(strength_field(name, "clip"), "1.0")}
-                          for name in data.getlist(LORA_FIELD) if name}
+        self.values = {}
+        self.data = {}
+        self.previews = {}  # image control name -> URL of the image it carries (set by the view)
+        for item in workflow.parameters:
+            if self.is_bound:
+                raw = item.from_form(data)
+                if raw is not MISSING:
+                    _store(self.data, item.name, raw)
+                self.values[item.name] = raw if raw is not MISSING else ""
+            else:
+                value = lookup(initial or {}, item.name)
+                self.values[item.name] = item.form_value(value) if value is not None else item.initial(self.ctx)
 
     @classmethod
-    def from_request(cls, request, *, same_seed=True):
-        """A form pre-filled with an earlier request's parameters ("use these settings")."""
-        sampler = {**SAMPLER_DEFAULTS, **(request.sampler_params or {})}
-        if not same_seed:
-            sampler["seed"] = ""
-        return cls(initial={"prompt": request.prompt, "negative_prompt": request.negative_prompt,
-                            "checkpoint_model": request.checkpoint_model, "width": request.width,
-                            "height": request.height, "batch_size": request.batch_size,
-                            "lora_models": request.lora_models, **sampler})
+    def from_request(cls, request, *, same_seed=True, user=None):
+        """A form pre-filled with an earlier request's parameters ("edit these settings")."""
+        workflow = request.workflow
+        params = request.params if same_seed else workflow.parameters.with_new_seeds(request.params)
+        return cls(workflow, initial=params, user=user)
 
     def to_data(self):
-        """The payload for :func:`generation.services.submit_generation` (values as typed)."""
-        seed = str(self.values.get("seed", "")).strip()
-        return {
-            "prompt": self.values["prompt"],
-            "negative_prompt": self.values["negative_prompt"],
-            "checkpoint_model": self.values["checkpoint_model"],
-            "width": self.values["width"],
-            "height": self.values["height"],
-            "batch_size": self.values["batch_size"],
-            "lora_models": [{"name": name, **strengths} for name, strengths in self.loras.items()],
-            "sampler_params": {
-                "seed": seed if seed else RANDOM_SEED,
-                **{key: self.values[key] for key in SAMPLER_FIELDS if key != "seed"},
-            },
-        }
+        """The body for :func:`generation.services.submit_generation` (values as typed)."""
+        return {"workflow": self.workflow.slug, **self.data}
+
+    def set_value(self, name, value):
+        """Replace what a control carries (an uploaded image becomes its input id)."""
+        _store(self.data, name, value)
+        self.values[name] = value
 
     def add_params_errors(self, fields):
         """Place each ``ParamsInvalid.fields`` entry at the control it came from."""
-        chosen = list(self.loras)
+        names = {item.name: item for item in self.workflow.parameters}
         for path, messages in fields.items():
-            head, _, rest = path.partition(".")
-            if head in (*TEXT_FIELDS, *SIZE_FIELDS):
-                self.errors.setdefault(head, []).extend(messages)
-            elif head == "sampler_params" and rest in SAMPLER_FIELDS:
-                self.errors.setdefault(rest, []).extend(messages)
-            elif head == "lora_models" and rest.split(".")[0].isdigit() and int(rest.split(".")[0]) < len(chosen):
-                index, _, key = rest.partition(".")
-                label = {"strength_model": "Model strength: ", "strength_clip": "CLIP strength: "}.get(key, "")
-                self.lora_errors.setdefault(chosen[int(index)], []).extend(label + m for m in messages)
-            elif head == "lora_models":
-                self.errors.setdefault("lora_models", []).extend(messages)
-            else:
+            target = self._control_of(path, names)
+            if target is None:
                 self.non_field_errors.extend(f"{path}: {m}" if path != "non_field_errors" else m for m in messages)
+            elif isinstance(target, tuple):  # one LoRA's own problem
+                lora_name, key = target
+                label = {"strength_model": "Model strength: ", "strength_clip": "CLIP strength: "}.get(key, "")
+                self.lora_errors.setdefault(lora_name, []).extend(label + m for m in messages)
+            else:
+                self.errors.setdefault(target, []).extend(messages)
+
+    def _control_of(self, path, names):
+        if path in names:
+            return path
+        for name, item in names.items():
+            if isinstance(item, Image) and path == item.url_name:
+                return name
+            if isinstance(item, Loras) and path.startswith(f"{name}."):
+                index, _, key = path[len(name) + 1:].partition(".")
+                chosen = self.values.get(name) or []
+                if index.isdigit() and int(index) < len(chosen) and isinstance(chosen[int(index)], dict):
+                    return chosen[int(index)].get("name", ""), key
+                return name
+        head = path.split(".")[0]
+        return head if head in names else None
 
     @property
     def has_errors(self):
         return bool(self.errors or self.lora_errors or self.non_field_errors)
 
-    @property
-    def advanced_open(self):
-        """Keep "Advanced" open when one of its fields has an error or differs from the defaults."""
-        if any(name in ADVANCED_FIELDS for name in self.errors):
-            return True
-        return any(str(self.values.get(k, "")) != str(DEFAULTS[k]) for k in SAMPLER_FIELDS)
+    # --- rendering -------------------------------------------------------------------------------
 
-    # --- choices ---------------------------------------------------------------------------
-
-    @property
-    def checkpoints(self):
-        return list(offered_models(ModelType.CHECKPOINT))
-
-    def lora_rows(self):
-        """One row per offered LoRA (plus any chosen one no longer offered, so its error shows)."""
-        offered = list(offered_models(ModelType.LORA))
-        names = {model.name for model in offered}
-        rows = [{"model": model, "name": model.name, "chosen": model.name in self.loras,
-                 "strengths": self.loras.get(model.name, {"strength_model": 1.0, "strength_clip": 1.0}),
-                 "errors": self.lora_errors.get(model.name, [])} for model in offered]
-        rows += [{"model": None, "name": name, "chosen": True, "strengths": strengths,
-                  "errors": self.lora_errors.get(name, [])}
-                 for name, strengths in self.loras.items() if name not in names]
+    def controls(self, *, advanced):
+        """The controls to render, in definition order: ``{"field", "value", "errors", …}``."""
+        rows = []
+        for item in self.workflow.parameters:
+            if item.advanced != advanced:
+                continue
+            row = {"field": item, "value": self.values.get(item.name, ""), "errors": self.errors.get(item.name, []),
+                   "template": f"generation/fields/{item.widget}.html"}
+            if item.kind in ("integer", "number"):
+                row["min"], row["max"] = item.bounds(self.ctx)
+                row["step"] = item.step(self.ctx)
+            elif item.kind == "choice":
+                row["choices"] = item.choices(self.ctx)
+            elif item.kind == "model":
+                row["options"] = item.options()
+            elif item.kind == "loras":
+                row["rows"] = self.lora_rows(item)
+                row["strength_min"], row["strength_max"] = item.strength_bounds(self.ctx)
+            elif item.kind == "text":
+                row["max_length"] = item.max_length(self.ctx)
+            elif item.kind == "image":
+                row["preview"] = self.previews.get(item.name)
+            rows.append(row)
         return rows
 
     @property
-    def samplers(self):
-        return recorded_object_info().samplers
+    def main_controls(self):
+        return self.controls(advanced=False)
 
     @property
-    def schedulers(self):
-        return recorded_object_info().schedulers
+    def advanced_controls(self):
+        return self.controls(advanced=True)
+
+    @property
+    def advanced_open(self):
+        """Keep "Advanced" open when one of its fields has an error or differs from its default."""
+        for item in self.workflow.parameters:
+            if not item.advanced:
+                continue
+            if item.name in self.errors:
+                return True
+            if str(self.values.get(item.name, "")) != str(item.initial(self.ctx)):
+                return True
+        return False
+
+    def lora_rows(self, field):
+        """One row per offered LoRA (plus any chosen one no longer offered, so its error shows)."""
+        chosen = {item["name"]: item for item in (self.values.get(field.name) or [])
+                  if isinstance(item, dict) and item.get("name")}
+        offered = field.options()
+        names = {model.name for model in offered}
+        default = {"strength_model": 1.0, "strength_clip": 1.0}
+        rows = [{"model": model, "name": model.name, "chosen": model.name in chosen,
+                 "strengths": {**default, **chosen.get(model.name, {})},
+                 "errors": self.lora_errors.get(model.name, [])} for model in offered]
+        rows += [{"model": None, "name": name, "chosen": True, "strengths": {**default, **strengths},
+                  "errors": self.lora_errors.get(name, [])}
+                 for name, strengths in chosen.items() if name not in names]
+        for row in rows:
+            row["model_input"] = field.strength_name(row["name"], "strength_model")
+            row["clip_input"] = field.strength_name(row["name"], "strength_clip")
+        return rows
+
+    @property
+    def workflows(self):
+        return all_workflows()
 
     @property
     def size_presets(self):
+        names = {item.name for item in self.workflow.parameters}
+        if not {"width", "height"} <= names:
+            return []
         return [{"width": w, "height": h, "label": f"{w} × {h}"} for w, h in SIZE_PRESETS]
 
     @property
-    def limits(self):
-        info = recorded_object_info()
-        strength = info.input("LoraLoader", "strength_model")
-        size = info.input("EmptyLatentImage", "width")
-        ks = info.inputs("KSampler")
-        limits = settings.GENERATION
-        return {"max_batch": limits["MAX_BATCH_SIZE"], "max_prompt": limits["MAX_PROMPT_LENGTH"],
-                "size_min": size.minimum, "size_max": size.maximum, "size_step": size.step or 8,
-                "steps_max": min(ks["steps"].maximum, limits["MAX_STEPS"]),
-                "cfg_max": ks["cfg"].maximum, "strength_min": strength.minimum, "strength_max": strength.maximum}
+    def needs_checkpoint(self):
+        return any(item.kind == "model" and item.required and not item.options() for item in self.workflow.parameters)
+
+    @property
+    def has_images(self):
+        return any(isinstance(item, Image) for item in self.workflow.parameters)
+
+
+def _store(data, name, value):
+    parts = name.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value

@@ -10,28 +10,35 @@ from generation.states import ACTIVE, TERMINAL, Status
 
 
 class GenerationRequest(models.Model):
-    """One text-to-image request and everything that happened to it.
+    """One request to run a workflow, and everything that happened to it.
 
-    Status changes go through :mod:`generation.states` only (conditional updates); other
-    fields may be written by whoever holds the request in its current state.
+    ``workflow_slug``/``workflow_version`` and ``params`` say what was asked, as the workflow
+    defines it (:mod:`generation.workflows`); the few real columns beside them (prompt,
+    checkpoint, size, batch) are that workflow's :class:`~generation.workflows.Summary`, kept for
+    history lists, filters and dispatch. Status changes go through :mod:`generation.states` only
+    (conditional updates); other fields may be written by whoever holds the request in its
+    current state.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_requests")
 
     # what was asked
-    prompt = models.TextField()
-    negative_prompt = models.TextField(blank=True, default="")
-    checkpoint_model = models.CharField(max_length=255, help_text="Checkpoint name as sent to ComfyUI")
+    workflow_slug = models.CharField(max_length=64, default="txt2img")
+    workflow_version = models.PositiveIntegerField(default=1)
+    params = models.JSONField(default=dict, blank=True, help_text="The workflow's parameters, validated (seeds drawn)")
+    inputs = models.ManyToManyField("generation.InputImage", blank=True, related_name="requests",
+                                    help_text="Input images the parameters name")
+    requirements = models.ForeignKey("generation.RequirementSet", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+", help_text="Node classes and model files a backend needs")
+    prompt = models.TextField(blank=True, default="", help_text="Summary: the text people search and list by")
+    checkpoint_model = models.CharField(max_length=255, blank=True, default="",
+                                        help_text="Summary: checkpoint name as sent to ComfyUI (dispatch affinity)")
     checkpoint = models.ForeignKey("models_registry.AvailableModel", null=True, blank=True,
                                    on_delete=models.PROTECT, related_name="generation_requests")
-    lora_models = models.JSONField(default=list, blank=True,
-                                   help_text="[{name, strength_model, strength_clip}, …]")
-    width = models.PositiveIntegerField(default=512)
-    height = models.PositiveIntegerField(default=512)
-    batch_size = models.PositiveSmallIntegerField(default=1)
-    sampler_params = models.JSONField(default=dict, blank=True,
-                                      help_text="{seed, steps, cfg, sampler_name, scheduler, denoise}")
+    width = models.PositiveIntegerField(default=512, help_text="Summary: width of the results")
+    height = models.PositiveIntegerField(default=512, help_text="Summary: height of the results")
+    batch_size = models.PositiveSmallIntegerField(default=1, help_text="Summary: images produced")
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     regenerated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
@@ -49,7 +56,7 @@ class GenerationRequest(models.Model):
     affinity_skips = models.PositiveSmallIntegerField(default=0)
 
     # what came out
-    workflow = models.JSONField(null=True, blank=True, help_text="The exact API-format graph sent to ComfyUI")
+    graph = models.JSONField(null=True, blank=True, help_text="The exact API-format graph sent to ComfyUI")
     outputs = models.JSONField(default=list, blank=True, help_text="Storage paths of the images")
     thumbnails = models.JSONField(default=list, blank=True, help_text="Per image: {size: storage path}")
     error = models.TextField(blank=True, default="", help_text="What went wrong, for the user")
@@ -75,7 +82,6 @@ class GenerationRequest(models.Model):
                                    name="genreq_size_in_range"),
             models.CheckConstraint(condition=Q(batch_size__gte=1, batch_size__lte=64), name="genreq_batch_in_range"),
             models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="genreq_progress_0_1"),
-            models.CheckConstraint(condition=~Q(prompt=""), name="genreq_prompt_not_empty"),
             models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=sorted(TERMINAL)),
                                    name="genreq_finished_only_when_terminal"),
             models.UniqueConstraint(fields=["user", "idempotency_key"], condition=Q(idempotency_key__isnull=False),
@@ -91,6 +97,9 @@ class GenerationRequest(models.Model):
                          condition=Q(status__in=sorted(ACTIVE))),
             models.Index(fields=["backend", "status"], name="genreq_backend_running_idx",
                          condition=Q(status="running")),
+            # dispatcher: which requirement sets the queued requests need
+            models.Index(fields=["requirements", "created_at"], name="genreq_queued_req_idx",
+                         condition=Q(status="queued")),
         ]
 
     def __str__(self):
@@ -105,12 +114,11 @@ class GenerationRequest(models.Model):
         return self.status in ACTIVE
 
     @property
-    def seed(self):
-        return (self.sampler_params or {}).get("seed")
+    def workflow(self):
+        """The :class:`~generation.workflows.Workflow` this request runs."""
+        from generation.workflows import get_workflow
 
-    @property
-    def steps(self):
-        return (self.sampler_params or {}).get("steps")
+        return get_workflow(self.workflow_slug, self.workflow_version)
 
 
 class BackendState(models.Model):
@@ -130,6 +138,10 @@ class BackendState(models.Model):
     last_ok_at = models.DateTimeField(null=True, blank=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
     loaded_checkpoint = models.CharField(max_length=255, blank=True, default="")
+    # what the backend can run, from its last /object_info (empty and null capabilities_at: not known yet)
+    node_classes = models.JSONField(default=list, blank=True)
+    model_lists = models.JSONField(default=dict, blank=True, help_text="{folder: [file names]}")
+    capabilities_at = models.DateTimeField(null=True, blank=True)
     jobs_completed = models.PositiveIntegerField(default=0)
     jobs_failed = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
@@ -156,3 +168,71 @@ class WebhookSecret(models.Model):
 
     def __str__(self):
         return f"webhook secret of {self.user}"
+
+
+class InputImage(models.Model):
+    """An image a person gave as input (uploaded, fetched from a URL, or one of their results).
+
+    Stored once per owner and content (``inputs/<user>/<sha256>.png``): decoded and re-encoded as
+    PNG with EXIF orientation applied and metadata stripped, so what reaches ComfyUI is exactly
+    what was checked.
+    """
+
+    class Kind(models.TextChoices):
+        IMAGE = "image", "Image"
+        MASK = "mask", "Mask"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="input_images")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.IMAGE)
+    sha256 = models.CharField(max_length=64)
+    path = models.CharField(max_length=255, help_text="Storage name")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveIntegerField()
+    has_transparency = models.BooleanField(default=False, help_text="Some pixels are not opaque (an inpaint area)")
+    source = models.CharField(max_length=2000, blank=True, default="", help_text="Where it came from (URL, request)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["user", "kind", "sha256"], name="inputimage_unique_content")]
+        indexes = [models.Index(fields=["user", "-created_at"], name="inputimage_user_created_idx")]
+
+    def __str__(self):
+        return f"{self.kind} {self.sha256[:12]} of {self.user_id}"
+
+    @property
+    def content_type(self):
+        return "image/png"
+
+
+class RequirementSet(models.Model):
+    """One distinct set of node classes and model files (shared by every request that needs it),
+    so the dispatcher checks each set once per claim instead of once per queued request."""
+
+    key = models.CharField(max_length=64, primary_key=True, help_text="sha256 of the canonical JSON")
+    nodes = models.JSONField(default=list)
+    model_files = models.JSONField(default=dict, help_text="{folder: [file names]}")
+
+    def __str__(self):
+        return self.key[:12]
+
+    def as_requirements(self):
+        from generation.workflows import Requirements
+
+        return Requirements.from_json({"nodes": self.nodes, "models": self.model_files})
+
+
+class DispatchTurn(models.Model):
+    """When each user was last dispatched to: what round-robin fairness needs, one small row per user.
+
+    Updated inside the claim (under the dispatch lock), so ordering users never reads their history.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE,
+                                related_name="+")
+    last_dispatched_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.user_id} last dispatched {self.last_dispatched_at:%Y-%m-%d %H:%M:%S}"

@@ -53,43 +53,32 @@ def insert_text_chunks(chunks, texts):
     yield from iterator
 
 
-def a1111_parameters(request):
+def a1111_text(*, prompt, negative_prompt="", pairs=(), loras=()):
     """The ``parameters`` text A1111, Civitai and most image browsers read.
 
-    Format: prompt, then ``Negative prompt: …``, then one line of ``Key: value`` pairs.
+    Format: prompt, then ``Negative prompt: …``, then one line of ``Key: value`` pairs (``None``
+    values are left out; a ``Model`` value is shown without folder and extension, as A1111 does).
+    ``loras`` (``[{name, strength_model, strength_clip}]``) add ``Lora weights`` and inline
+    ``<lora:name:weight>`` tags, which readers that only look at the prompt find too.
     """
-    sampler = request.sampler_params or {}
-    lines = [request.prompt]
-    if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}")
-    pairs = [
-        ("Steps", sampler.get("steps")),
-        ("Sampler", sampler.get("sampler_name")),
-        ("Schedule type", sampler.get("scheduler")),
-        ("CFG scale", sampler.get("cfg")),
-        ("Seed", sampler.get("seed")),
-        ("Size", f"{request.width}x{request.height}"),
-        ("Model", _model_name(request.checkpoint_model)),
-        ("Denoising strength", sampler.get("denoise")),
-    ]
-    loras = request.lora_models or []
+    lines = [prompt] if prompt else []
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = [(key, model_name(value) if key == "Model" and value else value) for key, value in pairs]
     if loras:
         pairs.append(("Lora weights", ", ".join(
-            f"{_model_name(lora['name'])}: {lora.get('strength_model', 1.0)}/{lora.get('strength_clip', 1.0)}"
+            f"{model_name(lora['name'])}: {lora.get('strength_model', 1.0)}/{lora.get('strength_clip', 1.0)}"
             for lora in loras)))
-    if request.batch_size > 1:
-        pairs.append(("Batch size", request.batch_size))
     pairs.append(("Version", "Genonaut (ComfyUI)"))
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs if value is not None))
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs if value not in (None, "")))
     text = "\n".join(lines)
-    # A1111 prompts carry LoRAs inline; readers that look for <lora:name:weight> find them too.
-    if loras:
-        tags = " ".join(f"<lora:{_model_name(lora['name'])}:{lora.get('strength_model', 1.0)}>" for lora in loras)
-        text = text.replace(request.prompt, f"{request.prompt} {tags}", 1)
+    if loras and prompt:
+        tags = " ".join(f"<lora:{model_name(lora['name'])}:{lora.get('strength_model', 1.0)}>" for lora in loras)
+        text = text.replace(prompt, f"{prompt} {tags}", 1)
     return text
 
 
-def _model_name(name):
+def model_name(name):
     base = name.rsplit("/", 1)[-1]
     for suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
         if base.endswith(suffix):

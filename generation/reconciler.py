@@ -13,13 +13,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
-from django_q.brokers import get_broker
-from django_q.tasks import async_task
 
-from generation import backends, states
+from generation import backends, enqueue, lifecycle
 from generation.models import GenerationRequest
 from generation.runner import stop_on_backend
-from generation.states import Status
+from generation.states import TERMINAL, Status
 from generation.storage import delete_request_files, delete_unreferenced_files
 
 logger = logging.getLogger(__name__)
@@ -51,10 +49,10 @@ def fail_past_deadline(now=None):
     count = 0
     for request in GenerationRequest.objects.filter(status=Status.RUNNING, deadline_at__lt=now):
         stop_on_backend(request)
-        if states.transition(request.pk, Status.FAILED, expect={Status.RUNNING}, where={"attempts": request.attempts},
-                             error=f"Timed out after {limit} s",
-                             error_detail={"reason": "deadline", "deadline_seconds": limit,
-                                           "backend": request.backend, "attempt": request.attempts}):
+        if lifecycle.transition(request.pk, Status.FAILED, expect={Status.RUNNING},
+                                where={"attempts": request.attempts}, error=f"Timed out after {limit} s",
+                                error_detail={"reason": "deadline", "deadline_seconds": limit,
+                                              "backend": request.backend, "attempt": request.attempts}):
             backends.record_outcome(request.backend, completed=False)
             # the worker may be dead mid-store, or still storing: files it wrote are nobody's now
             delete_unreferenced_files(request)
@@ -77,7 +75,7 @@ def take_over_stale(now=None):
         if won:
             logger.warning("request %s attempt %s: heartbeat stale since %s, resuming", request_id, attempts,
                            heartbeat)
-            async_task("generation.tasks.resume", request_id, attempts, lease)
+            enqueue.resume_job(request_id, attempts, lease)
             count += 1
     return count
 
@@ -88,7 +86,7 @@ def queue_forgotten_pending(now=None):
     old = GenerationRequest.objects.filter(status=Status.PENDING,
                                            created_at__lt=now - timedelta(seconds=PENDING_GRACE_SECONDS))
     for request_id in old.values_list("id", flat=True):
-        count += states.transition(request_id, Status.QUEUED, expect={Status.PENDING})
+        count += lifecycle.transition(request_id, Status.QUEUED, expect={Status.PENDING})
     return count
 
 
@@ -98,9 +96,7 @@ def probe_backends():
     backends.check_idle_backends()
     back = backends.probe_due_backends()
     if back:
-        from generation.tasks import wake_dispatcher
-
-        wake_dispatcher(backends.free_slots())
+        enqueue.wake_dispatcher(backends.free_slots())
     return back
 
 
@@ -115,15 +111,9 @@ def wake_for_waiting(now=None):
     free = backends.free_slots()
     if not free:
         return 0
-    try:
-        in_flight = get_broker().queue_size() or 0
-    except Exception:
-        in_flight = 0
-    missing = max(0, min(free, waiting.count()) - in_flight)
+    missing = max(0, min(free, waiting.count()) - enqueue.broker_backlog())
     if missing:
-        from generation.tasks import send_wakeups
-
-        send_wakeups(missing)
+        enqueue.send_wakeups(missing)
     return missing
 
 
@@ -135,7 +125,7 @@ def apply_retention(now=None):
         return 0
     now = now or timezone.now()
     cutoff = now - timedelta(days=days)
-    old = (GenerationRequest.objects.filter(status__in=sorted(states.TERMINAL), finished_at__lt=cutoff)
+    old = (GenerationRequest.objects.filter(status__in=sorted(TERMINAL), finished_at__lt=cutoff)
            .exclude(outputs=[], thumbnails=[])[:RETENTION_BATCH])
     count = 0
     for request in old:

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from generation import backends, states
+from generation import backends, enqueue, lifecycle
 from generation.comfyui import events as ev
 from generation.comfyui.client import Location
 from generation.comfyui.errors import (
@@ -34,11 +34,11 @@ from generation.comfyui.errors import (
     PromptUnknown,
     WorkflowRejected,
 )
-from generation.comfyui.workflow import SAMPLER_NODE_ID, SAVE_NODE_ID, build_workflow, check_workflow
 from generation.dispatcher import filename_prefix_for
+from generation.inputs import read_input
 from generation.models import GenerationRequest
-from generation.pngmeta import NotAPng, a1111_parameters
-from generation.states import Status
+from generation.pngmeta import NotAPng
+from generation.states import TERMINAL, Status
 from generation.storage import (
     StorageWriteFailed,
     delete_files,
@@ -48,12 +48,13 @@ from generation.storage import (
     thumbnail_path,
 )
 from generation.thumbnails import make_thumbnails
+from generation.workflows import check_graph
 
 logger = logging.getLogger(__name__)
 
-SAMPLER_SHARE = 0.85  # of the progress bar: sampling dominates the time of a txt2img run
 CANCEL_GRACE_SECONDS = 3.0  # an interrupt we did not send may be a cancel about to be written
 HISTORY_WAIT_SECONDS = 10.0  # after execution_success, how long ComfyUI may take to write the history entry
+INPUT_SUBFOLDER = "genonaut"  # where input images go in a backend's input/ folder (named by content hash)
 
 
 class NotOurs(Exception):
@@ -62,6 +63,14 @@ class NotOurs(Exception):
 
 class DeadlineExceeded(Exception):
     pass
+
+
+class BackendLacks(Exception):
+    """The chosen backend turned out not to have a node class or model file the request needs."""
+
+    def __init__(self, missing):
+        super().__init__(", ".join(missing))
+        self.missing = missing
 
 
 @dataclass
@@ -110,7 +119,6 @@ class JobRunner:
         self.written = []  # storage paths written by this attempt (cleaned up if we do not complete)
         self.last_write = 0.0
         self.pending_fields = {}
-        self.sampler_seen = False
         self.step = self.total_steps = 0
         self.woke = False  # whether this job already sent the wake-up for the slot it frees
 
@@ -120,7 +128,7 @@ class JobRunner:
         job = self.job
         try:
             self.request = GenerationRequest.objects.get(pk=job.request_id)
-            workflow = self.request.workflow if resume and self.request.workflow else self.build_workflow()
+            graph = self.request.graph if resume and self.request.graph else self.build_graph()
             with self.client.event_stream(job.prompt_id) as events:
                 if resume:
                     # someone may have submitted it already: re-attach, never send it twice
@@ -131,12 +139,12 @@ class JobRunner:
                     # a fresh claim minted this prompt id a moment ago, so no one can have sent it;
                     # submit() itself asks /queue + /history before retrying after a transport error
                     location = Location("unsent")
-                    self.client.submit(workflow, prompt_id=job.prompt_id, client_id=job.prompt_id)
+                    self.client.submit(graph, prompt_id=job.prompt_id, client_id=job.prompt_id)
                 if location.state == "finished":
                     outcome = ev.outcome_from_history(job.prompt_id, location.history)
                 else:
-                    outcome = self.follow(events, workflow)
-            self.finish(outcome, workflow)
+                    outcome = self.follow(events, graph)
+            self.finish(outcome, graph)
         except NotOurs:
             self.not_ours()
         except DeadlineExceeded:
@@ -153,11 +161,11 @@ class JobRunner:
             self.interrupted(exc)
         except PromptUnknown as exc:
             self.requeue_or_fail(f"The backend lost the prompt (restarted?): {exc}")
+        except BackendLacks as exc:
+            self.requeue_or_fail(f"{job.backend} lacks {exc}; trying another backend")
         except (BackendUnavailable, OutputMissing) as exc:
             if isinstance(exc, BackendUnavailable) and backends.mark_down(job.backend, exc):
-                from generation.tasks import start_backend_watch
-
-                start_backend_watch(job.backend)
+                enqueue.watch_backend(job.backend)
             self.requeue_or_fail(f"Backend unavailable: {exc}")
         except StorageWriteFailed as exc:
             self.fail(f"Storing the images failed: {exc}", {"type": "storage"})
@@ -175,21 +183,67 @@ class JobRunner:
 
     # --- steps -------------------------------------------------------------------------------
 
-    def build_workflow(self):
+    def build_graph(self):
+        """The request's graph for this backend: check the backend can run it, upload the input
+        images, build, store the graph on the row (exactly what ran), validate like ComfyUI."""
         request = self.request
-        workflow = build_workflow(
-            prompt=request.prompt, negative_prompt=request.negative_prompt,
-            checkpoint_model=request.checkpoint_model, lora_models=request.lora_models, width=request.width,
-            height=request.height, batch_size=request.batch_size, sampler_params=request.sampler_params,
-            filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
-        self.write(force=True, workflow=workflow)  # stored before sending: the row says exactly what ran
-        check_workflow(workflow, self.client.object_info(), backend=self.job.backend)
-        return workflow
+        workflow = request.workflow
+        info = self.check_capabilities()
+        files = self.upload_inputs()
+        graph = workflow.build(request.params, files=files,
+                               filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
+        self.write(force=True, graph=graph)
+        check_graph(graph, info, backend=self.job.backend)
+        return graph
 
-    def follow(self, events, workflow):
+    def check_capabilities(self):
+        """The backend's ``object_info``, once it shows every node class and model file the request
+        needs (re-read once if the cached copy does not: models may have been added since)."""
+        requirements = self.request.requirements.as_requirements() if self.request.requirements_id else None
+        info = self.client.object_info()
+        backends.note_object_info(self.job.backend, info)
+        if requirements is None:
+            return info
+        nodes, lists = backends.capabilities_of(info)
+        if requirements.missing_on(set(nodes), lists):
+            info = backends.refresh_capabilities(self.job.backend, self.client)
+            nodes, lists = backends.capabilities_of(info)
+            missing = requirements.missing_on(set(nodes), lists)
+            # another backend may have what this one lacks; if none does, ComfyUI's own validation
+            # of the graph (next) fails the request with a message naming the node and input
+            if missing and not backends.unmet_everywhere(requirements):
+                raise BackendLacks(missing)
+        return info
+
+    def upload_inputs(self):
+        """Upload each input image to the backend (named by content hash, so re-uploading is
+        harmless); return ``{parameter path: name the graph uses}``. A failed upload is a backend
+        fault (``BackendUnavailable``: requeued with backoff), never the request's."""
+        names = {}
+        wanted = self.request.workflow.input_files(self.request.params)
+        if not wanted:
+            return names
+        records = {str(record.pk): record for record in self.request.inputs.all()}
+        for path, input_id in wanted.items():
+            record = records.get(str(input_id))
+            if record is None:
+                raise ExecutionFailed(node_id="", node_type="LoadImage", exception_type="InputMissing",
+                                      exception_message=f"the input image of {path} was deleted",
+                                      backend=self.job.backend)
+            try:
+                data = read_input(record)
+            except OSError as exc:
+                raise StorageWriteFailed(f"Could not read the input image of {path}: {exc}") from exc
+            filename = record.path.rsplit("/", 1)[-1]
+            answer = self.client.upload_image(data, name=filename, subfolder=INPUT_SUBFOLDER, overwrite=True)
+            subfolder = answer.get("subfolder") or ""
+            names[path] = f"{subfolder}/{answer['name']}" if subfolder else answer["name"]
+        return names
+
+    def follow(self, events, graph):
         """Write progress and heartbeats until the prompt ends; return the terminal event."""
-        total_nodes = len(workflow)
-        done = set()
+        weights = self.request.workflow.progress_weights(graph)
+        done = {}  # node id -> fraction of it done (1.0 finished)
         running_node = None
         interval = settings.GENERATION["HEARTBEAT_SECONDS"]
         for event in events.follow(self.job.prompt_id, idle_interval=interval):
@@ -199,35 +253,32 @@ class JobRunner:
                 return event
             fields = {}
             if isinstance(event, ev.ExecutionCached):
-                done.update(event.nodes)
+                done.update({node: 1.0 for node in event.nodes})
             elif isinstance(event, ev.Executing) and event.node:
                 if running_node and running_node != event.node:
-                    done.add(running_node)
+                    done[running_node] = 1.0
                 running_node = event.node
-                node = workflow.get(event.node, {})
+                node = graph.get(event.node, {})
                 fields["current_node"] = f"{node.get('class_type', '?')} ({event.node})"[:64]
             elif isinstance(event, ev.Progress):
                 self.step, self.total_steps = int(event.value), int(event.max)
                 fields.update(current_step=self.step, total_steps=self.total_steps)
-                if event.node == SAMPLER_NODE_ID or event.node is None:
-                    self.sampler_seen = True
+                node = event.node or running_node
+                if node and self.total_steps:
+                    done[node] = max(done.get(node, 0.0), min(1.0, self.step / self.total_steps))
             elif isinstance(event, ev.Executed) and event.node:
-                done.add(event.node)
-            fraction = self.fraction(done, total_nodes)
+                done[event.node] = 1.0
+            fraction = self.fraction(done, weights)
             if fraction > self.progress:
                 fields["progress"] = fraction
             self.write(**fields)
         raise PromptUnknown(self.job.prompt_id, backend=self.job.backend)  # the stream ended without an outcome
 
-    def fraction(self, done, total_nodes):
-        """Share of the run done: nodes finished, with the sampler's steps weighing most."""
-        others = max(1, total_nodes - 1)
-        other_done = len([n for n in done if n != SAMPLER_NODE_ID])
-        if SAMPLER_NODE_ID in done:
-            sampling = 1.0
-        else:
-            sampling = self.step / self.total_steps if self.total_steps and self.sampler_seen else 0.0
-        return round(min(0.99, SAMPLER_SHARE * sampling + (1 - SAMPLER_SHARE) * min(1.0, other_done / others)), 4)
+    @staticmethod
+    def fraction(done, weights):
+        """Share of the run done: each node's done fraction times the workflow's weight for it."""
+        total = sum(weights.get(node, 0.0) * share for node, share in done.items())
+        return round(min(0.99, total), 4)
 
     def write(self, force=False, **fields):
         """Heartbeat plus ``fields``, at most every ``HEARTBEAT_SECONDS`` unless ``force``.
@@ -251,7 +302,7 @@ class JobRunner:
         self.progress = max(self.progress, values.get("progress", 0.0))
         self.pending_fields = {}
 
-    def finish(self, outcome, workflow):
+    def finish(self, outcome, graph):
         if isinstance(outcome, ev.ExecutionError):
             raise outcome.to_error(self.job.backend)
         if isinstance(outcome, ev.ExecutionInterruptedEvent):
@@ -261,13 +312,17 @@ class JobRunner:
                    executed_at=timezone.now())
         self.wake_next()
         entry = self.finished_entry()
-        images = [image for image in (entry.get("outputs", {}).get(SAVE_NODE_ID, {}).get("images") or [])
+        output_nodes = self.request.workflow.output_nodes(graph)
+        images = [(node_id, image) for node_id in output_nodes
+                  for image in (entry.get("outputs", {}).get(node_id, {}).get("images") or [])
                   if image.get("type", "output") == "output"]
         if not images:
-            raise ExecutionFailed(node_id=SAVE_NODE_ID, node_type="SaveImage", exception_type="NoOutput",
+            node_id = output_nodes[0] if output_nodes else ""
+            raise ExecutionFailed(node_id=node_id, node_type=graph.get(node_id, {}).get("class_type", ""),
+                                  exception_type="NoOutput",
                                   exception_message="ComfyUI finished but reported no saved image",
                                   backend=self.job.backend)
-        outputs, thumbnails = self.store_outputs(images)
+        outputs, thumbnails = self.store_outputs(images, graph)
         self.complete(outputs, thumbnails)
 
     def finished_entry(self):
@@ -287,18 +342,16 @@ class JobRunner:
             time.sleep(0.05)
 
     def wake_next(self):
-        from generation.tasks import send_wakeups
-
         if not self.woke:
             self.woke = True
-            send_wakeups(1)
+            enqueue.send_wakeups(1)
 
-    def store_outputs(self, images):
+    def store_outputs(self, images, graph):
         """Stream each image from ``/view`` into storage with a ``parameters`` chunk; make thumbnails."""
         request = self.request
-        texts = {"parameters": a1111_parameters(request)}
+        texts = {"parameters": request.workflow.a1111_parameters(request.params)}
         outputs, thumbnails = [], []
-        for index, image in enumerate(images):
+        for index, (node_id, image) in enumerate(images):
             name = image_path(request, index)
             with self.client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output")) as chunks:
                 try:
@@ -308,7 +361,8 @@ class JobRunner:
                         spool.seek(0)
                         thumbs = make_thumbnails(spool)
                 except NotAPng as exc:
-                    raise ExecutionFailed(node_id=SAVE_NODE_ID, node_type="SaveImage", exception_type="NotAPng",
+                    raise ExecutionFailed(node_id=node_id, node_type=graph.get(node_id, {}).get("class_type", ""),
+                                          exception_type="NotAPng",
                                           exception_message=str(exc), backend=self.job.backend)
                 except OSError as exc:  # the spool file itself (local temp disk full)
                     raise StorageWriteFailed(f"Could not buffer {name}: {exc}") from exc
@@ -325,7 +379,7 @@ class JobRunner:
 
     def complete(self, outputs, thumbnails):
         with transaction.atomic():
-            won = states.transition(
+            won = lifecycle.transition(
                 self.job.request_id, Status.COMPLETED, expect={Status.RUNNING},
                 where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
                 outputs=outputs, thumbnails=thumbnails, progress=1.0, current_node="", error="",
@@ -341,7 +395,7 @@ class JobRunner:
 
     def fail(self, message, detail):
         with transaction.atomic():
-            won = states.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
+            won = lifecycle.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
                                     where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
                                     error=message[:4000], error_detail={**detail, "backend": self.job.backend,
                                                                         "attempt": self.job.attempt})
@@ -359,7 +413,7 @@ class JobRunner:
             self.fail(f"{reason} (gave up after {self.job.attempt} attempts)", {"type": "retries_exhausted"})
             return
         self.cleanup_files()
-        won = states.transition(self.job.request_id, Status.QUEUED, expect={Status.RUNNING},
+        won = lifecycle.transition(self.job.request_id, Status.QUEUED, expect={Status.RUNNING},
                                 where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
                                 backend="", heartbeat_at=None, deadline_at=None, progress=0.0, current_node="",
                                 current_step=0, total_steps=0, executed_at=None,
@@ -391,7 +445,7 @@ class JobRunner:
             "status", "backend", "comfyui_prompt_id", "attempts", "outputs", "thumbnails").first()
         if row is None or row.status == Status.CANCELLED:
             stop_on_backend(_Ref(self.job.backend, self.job.prompt_id))
-        if row is None or row.status in states.TERMINAL:
+        if row is None or row.status in TERMINAL:
             from generation.storage import request_file_names
 
             keep = set(request_file_names(row)) if row is not None else set()

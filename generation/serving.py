@@ -39,10 +39,21 @@ def image_response(request, *, request_id, index, size=None, download=False):
         raise Http404("No such request.")
     name = stored_name(generation, index=index, size=size)
     extension = os.path.splitext(name)[1].lower()
-    content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
     filename = download_name(generation, index=index, size=size, extension=extension)
-    disposition = f'{"attachment" if download else "inline"}; filename="{filename}"'
+    return stored_file_response(request, name, filename=filename, download=download)
 
+
+def input_image_response(request, *, record, download=False):
+    """The stored PNG of an input image (the caller has checked ``record`` is theirs)."""
+    return stored_file_response(request, record.path, filename=f"genonaut-input-{record.pk.hex[:8]}.png",
+                                download=download)
+
+
+def stored_file_response(request, name, *, filename, download=False):
+    """Serve the stored file ``name`` (a path from a row, never from the client)."""
+    extension = os.path.splitext(name)[1].lower()
+    content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
+    disposition = f'{"attachment" if download else "inline"}; filename="{filename}"'
     storage = storages["default"]
     if not isinstance(storage, FileSystemStorage):
         return _redirect_to_signed_url(storage, name, disposition=disposition, content_type=content_type)

@@ -7,9 +7,12 @@ and pending/queued → failed (validation or attempts exhausted).
 Every transition is a single conditional ``UPDATE … WHERE id = %s AND status IN (allowed)``;
 the database decides the winner when two actors race (a cancel and a completion, two
 workers), so exactly one of them sees ``True``. Terminal states never change.
+
+This module only decides; what follows a change (webhooks, events) is run by
+:mod:`generation.lifecycle`, which every actor calls instead of :func:`transition` directly.
 """
 
-from django.db import models, transaction
+from django.db import models
 from django.utils import timezone
 
 
@@ -75,10 +78,6 @@ def transition(request_id, to, *, expect=None, where=None, now=None, **fields):
     updated = GenerationRequest.objects.filter(pk=request_id, status__in=list(allowed), **(where or {})).update(
         status=to, updated_at=now, **fields
     )
-    if updated and to in TERMINAL:
-        from generation.webhooks import request_finished
-
-        transaction.on_commit(lambda: request_finished(request_id))
     return updated == 1
 
 

@@ -26,6 +26,7 @@ from generation.pngmeta import insert_text_chunks
 logger = logging.getLogger(__name__)
 
 ROOT = "generations"
+ROOTS = (ROOT, "inputs")  # generated files, and input images (generation.inputs)
 _SPOOL_BYTES = 8 * 1024 * 1024  # images up to this size stay in memory while they are stored
 
 
@@ -47,12 +48,12 @@ def thumbnail_path(request, index, size, extension):
 
 
 def is_safe_name(name):
-    """Whether ``name`` is a storage path we could have written: relative, under ``generations/``,
-    with no ``..``, backslash or NUL. Serving code checks this before opening anything."""
+    """Whether ``name`` is a storage path we could have written: relative, under ``generations/`` or
+    ``inputs/``, with no ``..``, backslash or NUL. Serving code checks this before opening anything."""
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name or name.startswith("/"):
         return False
     parts = name.split("/")
-    return parts[0] == ROOT and all(part not in ("", ".", "..") for part in parts) and (
+    return parts[0] in ROOTS and all(part not in ("", ".", "..") for part in parts) and (
         posixpath.normpath(name) == name)
 
 
@@ -87,6 +88,18 @@ def save_exact(name, content):
         delete_files([saved])
         raise StorageWriteFailed(f"Could not store {name}: the name was taken while writing")
     return saved
+
+
+def open_stored(name):
+    """Open a stored file we wrote, for reading (``OSError`` if it cannot be)."""
+    if not is_safe_name(name):
+        raise OSError(f"not a Genonaut storage path: {name!r}")
+    try:
+        return default_storage.open(name, "rb")
+    except OSError:
+        raise
+    except Exception as exc:  # S3 and other remote storages raise their own errors
+        raise OSError(str(exc)) from exc
 
 
 def delete_files(names):

@@ -19,11 +19,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from generation import selectors, services
+from generation import inputs, selectors, services
 from generation.errors import GenerationError, NotCancellable, ParamsInvalid
 from generation.forms import GenerateForm
-from generation.params import offered_models
+from generation.models import InputImage
 from generation.states import Status
+from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, get_workflow
+from generation.workflows.fields import Image, offered_models
 from models_registry.models import ModelType
 
 HISTORY_PAGE_SIZE = 24
@@ -77,7 +79,7 @@ def image_links(generation):
 
 def _status_context(generation):
     """What the request card and its live partial show."""
-    node_type = ((generation.workflow or {}).get(generation.current_node) or {}).get("class_type", "")
+    node_type = ((generation.graph or {}).get(generation.current_node) or {}).get("class_type", "")
     return {"generation": generation, "images": image_links(generation),
             "queue_position": selectors.queue_position(generation),
             "percent": round(100 * (generation.progress or 0)),
@@ -86,42 +88,113 @@ def _status_context(generation):
             "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
 
 
+def _workflow_or_default(slug):
+    try:
+        return get_workflow(slug or DEFAULT_WORKFLOW)
+    except UnknownWorkflow:
+        return get_workflow(DEFAULT_WORKFLOW)
+
+
+def _take_uploads(request, form):
+    """Store the images chosen in the form's file inputs; each becomes its control's input id, so a
+    re-shown form keeps it. Returns ``False`` (with the error at its field) when one is refused."""
+    ok = True
+    for item in form.workflow.parameters:
+        upload = request.FILES.get(item.name) if isinstance(item, Image) else None
+        if upload is None:
+            continue
+        try:
+            record, _ = inputs.store_upload(user=request.user, upload=upload,
+                                            kind=InputImage.Kind.MASK if item.is_mask else InputImage.Kind.IMAGE)
+        except inputs.InputRefused as exc:
+            form.errors.setdefault(item.name, []).append(str(exc))
+            ok = False
+        else:
+            form.set_value(item.name, str(record.pk))
+    return ok
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def generate(request):
-    """The Generate form; a valid POST stores the request and goes to its live card."""
+    """The Generate form for one workflow; a valid POST stores the request and goes to its live card."""
     status = 200
     if request.method == "POST":
-        form = GenerateForm(request.POST)
-        try:
-            generation, _ = services.submit_generation(user=request.user, data=form.to_data(),
-                                                       idempotency_key=_form_idempotency_key(request, form))
-        except ParamsInvalid as exc:
-            form.add_params_errors(exc.fields)
+        form = GenerateForm(_workflow_or_default(request.POST.get("workflow")), request.POST, user=request.user)
+        if not _take_uploads(request, form):
             status = 400
-        except GenerationError as exc:
-            form.non_field_errors.append(exc.message)
-            status = exc.status
         else:
-            return redirect("request-detail", generation.pk)
+            try:
+                generation, _ = services.submit_generation(user=request.user, data=form.to_data(),
+                                                           idempotency_key=_form_idempotency_key(request, form))
+            except ParamsInvalid as exc:
+                form.add_params_errors(exc.fields)
+                status = 400
+            except GenerationError as exc:
+                form.non_field_errors.append(exc.message)
+                status = exc.status
+            else:
+                return redirect("request-detail", generation.pk)
     else:
         source = None
         if request.GET.get("from"):
             source = selectors.request_for_user(user=request.user, request_id=request.GET["from"])
         if source is not None:
-            form = GenerateForm.from_request(source, same_seed=request.GET.get("seed") == "same")
-        else:
-            form = GenerateForm()
+            try:
+                form = GenerateForm.from_request(source, same_seed=request.GET.get("seed") == "same",
+                                                 user=request.user)
+            except UnknownWorkflow:
+                source = None
+        if source is None:
+            form = GenerateForm(_workflow_or_default(request.GET.get("workflow")), user=request.user)
+            _use_as_input(request, form)
+    form.previews = _input_previews(request.user, form)
     return render(request, "generation/generate.html",
                   {"form": form, "idempotency_key": request.POST.get("idempotency_key", "")[:100] or uuid.uuid4()},
                   status=status)
+
+
+def _use_as_input(request, form):
+    """``?input=<request id>/<n>`` ("use as input" on a result) fills the workflow's first image control."""
+    reference = request.GET.get("input", "")
+    target = next((item for item in form.workflow.parameters if isinstance(item, Image) and not item.is_mask), None)
+    if target is not None and reference:
+        form.values[target.name] = reference[:100]
+
+
+def _input_previews(user, form):
+    """``{control name: URL}`` of the images the form's image controls already carry."""
+    previews = {}
+    for item in form.workflow.parameters:
+        if not isinstance(item, Image):
+            continue
+        value = form.values.get(item.name)
+        if isinstance(value, dict):
+            value = f"{value.get('request')}/{value.get('index')}"
+        if not isinstance(value, str) or not value:
+            continue
+        if "/" in value:
+            request_id, _, index = value.partition("/")
+            source = selectors.request_for_user(user=user, request_id=request_id)
+            if source is not None and source.user_id == user.pk and index.isdigit() and \
+                    int(index) < len(source.outputs or []):
+                previews[item.name] = reverse("generation-image", kwargs={"pk": source.pk, "index": int(index)})
+            continue
+        try:
+            record = inputs.inputs_of(user).filter(pk=uuid.UUID(value)).first()
+        except ValueError:
+            record = None
+        if record is not None:
+            previews[item.name] = reverse("input-image", kwargs={"pk": record.pk})
+    return previews
 
 
 @login_required
 def request_detail(request, request_id):
     """One request's card: status, live progress, cancel, images or the failure reason."""
     generation = _get_request_or_404(request.user, request_id)
-    return render(request, "generation/request_detail.html", _status_context(generation))
+    return render(request, "generation/request_detail.html",
+                  {**_status_context(generation), **_parameters_context(generation)})
 
 
 @never_cache
@@ -154,7 +227,7 @@ def regenerate(request, request_id):
         new = services.regenerate_generation(request=generation, user=request.user,
                                              same_seed=request.POST.get("seed") == "same")
     except ParamsInvalid as exc:
-        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.fields.items())
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.fields.items()).rstrip(".")
         messages.error(request, f"Cannot regenerate: {problems}. Adjust the settings and submit again.")
         return redirect(f"{reverse('generate')}?from={generation.pk}")
     except GenerationError as exc:
@@ -235,20 +308,29 @@ def image_viewer(request, request_id, index):
     if not 0 <= index < len(generation.outputs or []):
         raise Http404("No such image.")
     previous, following = selectors.adjacent_images(request=generation, index=index)
-    from generation.pngmeta import a1111_parameters
-
-    parameters = {"prompt": generation.prompt, "negative_prompt": generation.negative_prompt,
-                  "checkpoint_model": generation.checkpoint_model, "lora_models": generation.lora_models,
-                  "width": generation.width, "height": generation.height, "batch_size": generation.batch_size,
-                  "sampler_params": generation.sampler_params}
     return render(request, "generation/image_viewer.html", {
         "generation": generation, "image": image_links(generation)[index], "index": index,
         "count": len(generation.outputs),
         "previous": reverse("image-viewer", args=[previous[0].pk, previous[1]]) if previous else None,
         "next": reverse("image-viewer", args=[following[0].pk, following[1]]) if following else None,
-        "parameters_json": json.dumps(parameters, indent=2),
-        "parameters_text": a1111_parameters(generation),
+        "parameters_json": json.dumps({"workflow": generation.workflow_slug, **(generation.params or {})}, indent=2),
+        "parameters_text": generation.workflow.a1111_parameters(generation.params),
+        **_parameters_context(generation),
     })
+
+
+def _parameters_context(generation):
+    """The request's parameters as labelled rows, and its input images, for the detail pages."""
+    workflow = generation.workflow
+    records = {str(record.pk): record for record in generation.inputs.all()}
+    input_images = [{"label": next((f.label for f in workflow.parameters if f.name == path), path),
+                     "url": reverse("input-image", kwargs={"pk": input_id}), "record": records[str(input_id)]}
+                    for path, input_id in workflow.input_files(generation.params or {}).items()
+                    if str(input_id) in records]
+    image_labels = {f.label for f in workflow.parameters if isinstance(f, Image)}
+    rows = [(label, value) for label, value in workflow.detail_rows(generation.params or {})
+            if label not in image_labels and label != "Prompt"]
+    return {"workflow": workflow, "parameter_rows": rows, "input_images": input_images}
 
 
 @login_required

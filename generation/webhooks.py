@@ -4,11 +4,11 @@ A finished request's public representation (the API's JSON) is POSTed to its ``w
 with ``X-Genonaut-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` keyed by the owner's
 :class:`~generation.models.WebhookSecret`, and ``X-Genonaut-Timestamp`` (Unix seconds).
 A failed delivery is retried with exponential backoff up to ``GENERATION["WEBHOOK_MAX_ATTEMPTS"]``
-times through a one-off Django-Q schedule. The URL is checked again at delivery time and the
+times through a one-off Django-Q schedule. :mod:`generation.lifecycle` queues the first delivery
+when a request finishes. The URL is checked again at delivery time and the
 address actually connected to is checked too (DNS rebinding); redirects are never followed.
 """
 
-import datetime
 import hashlib
 import hmac
 import ipaddress
@@ -23,6 +23,8 @@ from django.conf import settings
 from django.utils import timezone
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from generation import enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +71,6 @@ def check_webhook_url(url, *, resolve=socket.getaddrinfo):
     if not infos or not all(_is_public(info[4][0]) for info in infos):
         raise WebhookUrlRefused("Webhooks to loopback, private or link-local addresses are not allowed.")
     return url
-
-
-def request_finished(request_id):
-    """Called (on commit) each time a request reaches a terminal state: queue its webhook, if any."""
-    from django_q.tasks import async_task
-
-    from generation.models import GenerationRequest
-
-    if GenerationRequest.objects.filter(pk=request_id).exclude(webhook_url="").exists():
-        async_task("generation.tasks.deliver_webhook", str(request_id), attempt=1)
 
 
 # --- secrets ------------------------------------------------------------------------------------
@@ -163,10 +155,11 @@ def backoff_seconds(attempt):
 
 
 def webhook_body(request):
-    """The raw bytes POSTed for ``request``: its API representation (relative URLs)."""
-    from generation.api.serializers import GenerationRequestSerializer
+    """The raw bytes POSTed for ``request``: its public representation (relative URLs), the same
+    document the API answers."""
+    from generation.representation import request_representation
 
-    return json.dumps(GenerationRequestSerializer(request).data, separators=(",", ":"), default=str).encode()
+    return json.dumps(request_representation(request), separators=(",", ":"), default=str).encode()
 
 
 def deliver_webhook(request_id, attempt=1):
@@ -216,19 +209,7 @@ def deliver_webhook(request_id, attempt=1):
         return "gave_up"
     delay = backoff_seconds(attempt)
     logger.info("webhook for %s failed on attempt %s (%s); retrying in %ss", request_id, attempt, problem, delay)
-    schedule_retry(request_id, attempt=attempt + 1, delay=delay)
+    enqueue.schedule_webhook_retry(request_id, attempt=attempt + 1, delay=delay)
     return "retry"
 
 
-def schedule_retry(request_id, *, attempt, delay):
-    """One-off Django-Q schedule (persisted in the database, so a restart keeps it)."""
-    from django_q.models import Schedule
-
-    # get_or_create by name: a re-delivered task must not schedule the same attempt twice
-    Schedule.objects.get_or_create(name=f"webhook {request_id} attempt {attempt}", defaults={
-        "func": "generation.tasks.deliver_webhook",
-        "args": repr(str(request_id)),
-        "kwargs": repr({"attempt": attempt}),
-        "schedule_type": Schedule.ONCE,
-        "next_run": timezone.now() + datetime.timedelta(seconds=delay),
-    })

@@ -267,6 +267,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # the submit body is one schema per workflow, generated from the workflows' definitions
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "generation.api.schema.add_workflow_bodies"],
 }
 
 # --- ComfyUI backends -----------------------------------------------------------------------
@@ -301,7 +304,10 @@ GENERATION = {
     "MAX_BATCH_SIZE": env_int("MAX_BATCH_SIZE", 8),
     "MAX_LORAS": env_int("MAX_LORAS", 8),
     "MAX_STEPS": env_int("MAX_STEPS", 150),
-    "MAX_PIXELS": env_int("MAX_PIXELS", 2048 * 2048),
+    "MAX_PIXELS": env_int("MAX_PIXELS", 2048 * 2048),  # generated sizes and input images
+    "MAX_UPSCALE_PIXELS": env_int("MAX_UPSCALE_PIXELS", 4096 * 4096),  # what the upscale workflow may produce
+    "INPUT_MAX_BYTES": env_int("INPUT_MAX_BYTES", 20 * 1024 * 1024),  # one input image, as sent
+    "INPUT_URL_TIMEOUT": env_float("INPUT_URL_TIMEOUT", 10.0),  # seconds to fetch an input_image_url in all
     "JOB_DEADLINE_SECONDS": env_int("JOB_DEADLINE_SECONDS", 600),
     "MAX_ATTEMPTS": env_int("MAX_ATTEMPTS", 3),
     "HEARTBEAT_SECONDS": env_float("HEARTBEAT_SECONDS", 0.5),

@@ -98,3 +98,25 @@ class BoundedFormParser(parsers.FormParser):
             return QueryDict(raw, encoding=encoding)
         except Exception as exc:  # TooManyFieldsSent and friends
             raise ParseError("Form parse error.") from exc
+
+
+class BoundedMultiPartParser(parsers.MultiPartParser):
+    """``multipart/form-data`` (input image uploads): a body larger than two images at
+    ``INPUT_MAX_BYTES`` plus the form's other fields is refused (413) before it is read."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        limit = 2 * settings.GENERATION["INPUT_MAX_BYTES"] + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+        if request is not None:
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                raise RequestTooLarge()
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except ParseError:
+            raise
+        except Exception as exc:  # TooManyFieldsSent, a malformed boundary, …
+            raise ParseError("Multipart form parse error.") from exc

@@ -8,6 +8,8 @@ from generation.api import views
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
 router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
+router.register("comfyui/workflows", views.WorkflowViewSet, basename="workflow")
+router.register("comfyui/inputs", views.InputImageViewSet, basename="input")
 router.register("comfyui", views.GenerationViewSet, basename="generation")
 
 urlpatterns = [

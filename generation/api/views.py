@@ -21,24 +21,30 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import services, serving
+from generation import inputs, services, serving
 from generation.api.errors import error_body
 from generation.api.filters import ModelFilter, RequestFilter
 from generation.api.pagination import RequestCursorPagination
-from generation.api.parsers import BoundedFormParser, BoundedJSONParser
+from generation.api.parsers import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 from generation.api.serializers import (
     AvailableModelSerializer,
     ErrorSerializer,
     GenerateSerializer,
     GenerationRequestSerializer,
+    InputImageSerializer,
+    InputUploadResultSerializer,
+    InputUploadSerializer,
     RegenerateSerializer,
     TokenRequestSerializer,
     TokenSerializer,
     WebhookSecretSerializer,
+    WorkflowSerializer,
 )
 from generation.api.throttles import SubmitThrottle, TokenThrottle
 from generation.selectors import queue_positions, request_for_user, requests_visible_to
 from generation.webhooks import rotate_webhook_secret, webhook_secret_for
+from generation.workflows import UnknownWorkflow, all_workflows, get_workflow
+from generation.workflows.fields import Context
 from models_registry.models import AvailableModel
 
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -140,7 +146,9 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         data = GenerationRequestSerializer(generation, context=self.get_serializer_context()).data
         return Response(data, status=status_code, headers=headers)
 
-    @extend_schema(summary="Submit a generation request", request=GenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
+    @extend_schema(summary="Submit a generation request (the body is the chosen workflow's parameters; "
+                           "without `workflow` it is txt2img)",
+                   request=GenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
                    responses={201: GenerationRequestSerializer,
                               200: OpenApiResponse(GenerationRequestSerializer,
                                                    description="Repeat of an Idempotency-Key: the original"),
@@ -213,6 +221,98 @@ class AvailableModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def get_queryset(self):
         return AvailableModel.objects.filter(is_active=True, is_present=True).order_by("type", "name")
+
+
+def workflow_document(workflow, ctx=None):
+    """What ``GET /workflows/`` says of one workflow: its parameters as JSON Schema."""
+    return {"slug": workflow.slug, "version": workflow.version, "name": workflow.name,
+            "description": workflow.description, "parameters": workflow.schema(ctx or Context())}
+
+
+class WorkflowViewSet(viewsets.ViewSet):
+    """The workflows you can run, each with the JSON Schema of its parameters (limits and choices
+    come from the ComfyUI catalogue and the model registry)."""
+
+    lookup_field = "slug"
+    lookup_value_regex = "[a-z0-9][a-z0-9_-]{0,63}"
+
+    @extend_schema(summary="Workflows you can run", responses={200: WorkflowSerializer(many=True), **AUTH_ERRORS})
+    def list(self, request):
+        ctx = Context(user=request.user)
+        return Response([workflow_document(workflow, ctx) for workflow in all_workflows()])
+
+    @extend_schema(summary="One workflow and its parameters", responses={200: WorkflowSerializer, **READ_ERRORS})
+    def retrieve(self, request, slug=None):
+        try:
+            workflow = get_workflow(slug)
+        except UnknownWorkflow:
+            raise Http404("No such workflow.") from None
+        return Response(workflow_document(workflow, Context(user=request.user)))
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your input images, newest first", responses={200: InputImageSerializer(many=True),
+                                                                             **READ_ERRORS}),
+    retrieve=extend_schema(summary="One input image", responses={200: InputImageSerializer, **READ_ERRORS}),
+)
+class InputImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Input images for img2img, inpaint and upscale: upload, list, delete, view."""
+
+    serializer_class = InputImageSerializer
+    parser_classes = [BoundedMultiPartParser]
+    lookup_value_regex = UUID_PATTERN
+    pagination_class = None
+
+    def get_queryset(self):
+        return inputs.inputs_of(self.request.user)[:500]
+
+    def get_object(self):
+        record = inputs.inputs_of(self.request.user).filter(pk=self.kwargs["pk"]).first()
+        if record is None:
+            raise Http404("No such input image.")
+        return record
+
+    @extend_schema(summary="Upload an input image (and optionally its inpaint mask)", request=InputUploadSerializer,
+                   responses={201: InputUploadResultSerializer,
+                              200: OpenApiResponse(InputUploadResultSerializer,
+                                                   description="You had uploaded the same image already"),
+                              400: _ERR, 401: _ERR, 413: _ERR, 415: _ERR})
+    def create(self, request):
+        body = InputUploadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            image, mask, created = inputs.upload_input(user=request.user, image=body.validated_data["image"],
+                                                       mask=body.validated_data.get("mask"))
+        except inputs.InputRefused as exc:
+            raise InputError(exc) from exc
+        data = InputImageSerializer(image, context=self.get_serializer_context()).data
+        data["mask"] = InputImageSerializer(mask, context=self.get_serializer_context()).data if mask else None
+        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+                        headers={"Location": data["url"]} if created else None)
+
+    @extend_schema(summary="Delete an input image (refused while an unfinished request uses it)",
+                   responses={204: None, 409: _ERR, **READ_ERRORS})
+    def destroy(self, request, pk=None):
+        try:
+            inputs.delete_input(record=self.get_object())
+        except inputs.InputInUse as exc:
+            return Response(error_body(code="input_in_use", message=str(exc)), status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(summary="The stored input image (PNG; owner only)", responses=IMAGE_RESPONSES,
+                   parameters=[OpenApiParameter("download", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False)])
+    @action(detail=True, methods=["get"], url_path="image", url_name="image", **IMAGE_VIEW_OPTIONS)
+    def image(self, request, pk=None):
+        return serving.input_image_response(request, record=self.get_object(),
+                                            download=request.query_params.get("download", "").lower() in TRUE_VALUES)
+
+
+class InputError(ValidationError):
+    """An input image refused: 400 (or 413) naming the multipart field."""
+
+    def __init__(self, refused):
+        super().__init__({getattr(refused, "field", "image"): [str(refused)]})
+        self.status_code = refused.status
 
 
 class BackendSerializer(serializers.Serializer):

@@ -20,7 +20,7 @@ def failed_request(user, checkpoint):
         user=user, prompt="a <b>bold</b> lighthouse", checkpoint_model=checkpoint.name, status=Status.FAILED,
         finished_at=timezone.now(), backend="http://b1:8188", error="KSampler: cfg too high",
         error_detail={"node_id": "3", "exception_type": "ValueError"},
-        workflow={"3": {"class_type": "KSampler", "inputs": {"cfg": 999}}})
+        graph={"3": {"class_type": "KSampler", "inputs": {"cfg": 999}}})
 
 
 def test_list_filters_and_search(staff_client, failed_request, user, checkpoint):

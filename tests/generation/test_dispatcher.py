@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from generation.dispatcher import _Backend, _Candidate, choose, claim_next, fair_order, prompt_id_for
-from generation.models import BackendState, GenerationRequest
+from generation.models import BackendState, DispatchTurn, GenerationRequest
 from generation.states import Status
 from tests.concurrency import run_concurrently
 
@@ -92,9 +92,27 @@ def test_fair_order_serves_the_least_recently_dispatched_user_first(make_user):
     alice, bob = make_user("alice"), make_user("bob")
     first = _queued(alice, age=0)
     second = _queued(bob, age=5)
-    GenerationRequest.objects.create(user=alice, prompt="p", checkpoint_model="c", status=Status.COMPLETED,
-                                     started_at=timezone.now(), finished_at=timezone.now())
+    DispatchTurn.objects.create(user=alice, last_dispatched_at=timezone.now())
     assert [x.id for x in fair_order()][:2] == [second.id, first.id]
+
+
+def test_fair_order_reads_no_history(make_user, django_assert_max_num_queries):
+    """Ordering users costs the same whatever their past: the claim keeps a DispatchTurn per user."""
+    alice = make_user("alice")
+    _queued(alice, age=0)
+    with django_assert_max_num_queries(3) as captured:
+        fair_order()
+    assert not any("started_at" in query["sql"] for query in captured.captured_queries)
+
+
+def test_a_claim_records_the_users_turn(two_backends, make_user):
+    alice, bob = make_user("alice"), make_user("bob")
+    _queued(alice, age=1)
+    _queued(alice, age=2)
+    _queued(bob, age=9)
+    first = claim_next()
+    assert DispatchTurn.objects.get(user=alice).last_dispatched_at == first.lease
+    assert GenerationRequest.objects.get(pk=claim_next().request_id).user == bob  # bob's turn now
 
 
 def test_claim_sets_running_fields_and_respects_capacity(two_backends, user):

@@ -24,7 +24,8 @@ def test_defaults(user):
     request = create(user)
     assert request.status == Status.PENDING
     assert (request.width, request.height, request.batch_size, request.progress) == (512, 512, 1, 0.0)
-    assert request.lora_models == [] and request.outputs == [] and request.thumbnails == []
+    assert request.params == {} and request.outputs == [] and request.thumbnails == []
+    assert (request.workflow_slug, request.workflow_version) == ("txt2img", 1)
     assert request.created_at and request.updated_at and request.finished_at is None
     assert request.is_active and not request.is_terminal
 
@@ -62,8 +63,9 @@ def test_progress_limits_are_inclusive(user):
     assert create(user, progress=1.0).progress == 1.0
 
 
-def test_prompt_may_not_be_empty(user):
-    assert "genreq_prompt_not_empty" in rejected(user, prompt="")
+def test_prompt_may_be_empty(user):
+    """Workflows without a prompt (upscale) store an empty one; what a workflow requires it validates."""
+    assert create(user, prompt="").prompt == ""
 
 
 @pytest.mark.parametrize("status", [Status.PENDING, Status.QUEUED, Status.RUNNING])

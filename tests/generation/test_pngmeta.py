@@ -1,11 +1,11 @@
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
-from generation.pngmeta import NotAPng, a1111_parameters, insert_text_chunks
+from generation.pngmeta import NotAPng, insert_text_chunks
+from generation.workflows import get_workflow
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-protocol" / "txt2img-sample.png"
 
@@ -17,7 +17,11 @@ def _request(**overrides):
               "sampler_params": {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
                                  "denoise": 1.0}}
     fields.update(overrides)
-    return SimpleNamespace(**fields)
+    return fields
+
+
+def a1111_parameters(params):
+    return get_workflow("txt2img").a1111_parameters(params)
 
 
 def _chunks(data, size):

@@ -6,7 +6,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from generation import reconciler, tasks
+from generation import enqueue, reconciler
 from generation.models import GenerationRequest
 from generation.states import Status
 from generation.storage import save_exact
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def enqueued(monkeypatch):
     calls = []
-    monkeypatch.setattr(reconciler, "async_task", lambda *args, **kwargs: calls.append(args))
-    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(enqueue, "async_task", lambda *args, **kwargs: calls.append(args))
     return calls
 
 

@@ -11,7 +11,9 @@ from generation import runner, states
 from generation.dispatcher import claim_next
 from generation.models import BackendState, GenerationRequest
 from generation.runner import Job, run_job, stop_on_backend
+from generation.services import submit_generation
 from generation.states import Status
+from generation.workflows import get_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +26,10 @@ def backend(settings, simulator):
 
 
 def _queued(user, params, **overrides):
-    fields = {**params, "checkpoint_model": params["checkpoint_model"], **overrides}
-    fields.pop("webhook_url", None)
-    request = GenerationRequest.objects.create(user=user, **fields)
-    assert states.transition(request.pk, Status.QUEUED, expect={Status.PENDING})
+    request, _ = submit_generation(user=user, data={**params, **overrides})
+    # queued here, or already by the submit's on-commit hook (transactional tests)
+    states.transition(request.pk, Status.QUEUED, expect={Status.PENDING})
+    assert GenerationRequest.objects.get(pk=request.pk).status == Status.QUEUED
     return request
 
 
@@ -55,7 +57,7 @@ def test_completion_that_loses_to_a_cancel_deletes_its_files(backend, user, vali
             real(request_id, Status.CANCELLED, expect={Status.RUNNING})
         return real(request_id, to, **kwargs)
 
-    monkeypatch.setattr(runner.states, "transition", cancel_first)
+    monkeypatch.setattr(states, "transition", cancel_first)
     run_job(_job(claim_next()))
     row = GenerationRequest.objects.get(pk=request.pk)
     assert row.status == Status.CANCELLED and row.outputs == []
@@ -167,7 +169,7 @@ def test_an_unexpected_error_costs_an_attempt_instead_of_looping(backend, user, 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(runner, "a1111_parameters", broken)
+    monkeypatch.setattr(type(get_workflow("txt2img")), "a1111_parameters", broken)
     run_job(_job(claim_next()))
     row = GenerationRequest.objects.get(pk=request.pk)
     assert row.status == Status.QUEUED and row.attempts == 1

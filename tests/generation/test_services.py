@@ -25,7 +25,7 @@ from tests.concurrency import run_concurrently
 def wakeups(monkeypatch):
     """Record dispatcher wake-ups instead of enqueueing Django-Q tasks."""
     calls = []
-    monkeypatch.setattr("generation.tasks.wake_dispatcher", lambda count=1: calls.append(count))
+    monkeypatch.setattr("generation.enqueue.wake_dispatcher", lambda count=1: calls.append(count))
     return calls
 
 
@@ -49,7 +49,7 @@ def test_submit_stores_pending_then_queues_on_commit(user, valid_params, wakeups
     request.refresh_from_db()
     assert request.status == Status.QUEUED and request.queued_at is not None
     assert wakeups == [1]
-    assert request.prompt == valid_params["prompt"] and request.sampler_params["seed"] == 42
+    assert request.prompt == valid_params["prompt"] and request.params["sampler_params"]["seed"] == 42
     assert request.checkpoint.name == valid_params["checkpoint_model"]
 
 
@@ -65,7 +65,7 @@ def test_broker_down_does_not_fail_the_submit(user, valid_params, monkeypatch, d
     def broker_down(count=1):
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr("generation.tasks.wake_dispatcher", broker_down)
+    monkeypatch.setattr("generation.enqueue.wake_dispatcher", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         request, created = submit_generation(user=user, data=valid_params)
     request.refresh_from_db()
@@ -189,7 +189,7 @@ def test_regenerate_with_the_same_seed(user, valid_params, wakeups):
     original, _ = submit_generation(user=user, data=valid_params)
     again = regenerate_generation(request=original, user=user, same_seed=True)
     assert again.pk != original.pk and again.regenerated_from_id == original.pk
-    assert again.sampler_params == original.sampler_params
+    assert again.params == original.params
     assert (again.prompt, again.width, again.checkpoint_model) == (original.prompt, original.width,
                                                                    original.checkpoint_model)
     assert GenerationRequest.objects.get(pk=again.pk).regenerated_from_id == original.pk
@@ -197,7 +197,7 @@ def test_regenerate_with_the_same_seed(user, valid_params, wakeups):
 
 def test_regenerate_with_a_new_seed(user, valid_params, wakeups):
     original, _ = submit_generation(user=user, data=valid_params)
-    seeds = {regenerate_generation(request=original, user=user).sampler_params["seed"] for _ in range(3)}
+    seeds = {regenerate_generation(request=original, user=user).params["sampler_params"]["seed"] for _ in range(3)}
     assert 42 not in seeds and len(seeds) == 3
 
 

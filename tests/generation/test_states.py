@@ -9,7 +9,7 @@ import pytest
 from django.db import connection, connections, transaction
 from django.db.models import F
 
-from generation import states
+from generation import lifecycle, states
 from generation.models import GenerationRequest
 from generation.states import ALLOWED_FROM, TERMINAL, InvalidTransition, Status, can_transition, transition
 from tests.concurrency import run_concurrently
@@ -195,15 +195,26 @@ def test_two_workers_claiming_one_job_have_exactly_one_winner(make_user):
 
 
 @pytestmark_race
-def test_on_commit_hook_runs_only_for_the_winner(make_user, monkeypatch):
+def test_lifecycle_consequences_run_only_for_the_winner(make_user, monkeypatch):
     user = make_user("racer")
     finished = []
-    monkeypatch.setattr("generation.webhooks.request_finished", finished.append)
+    monkeypatch.setattr("generation.lifecycle.request_finished", finished.append)
     request = make_request(user, Status.RUNNING)
-    results = race(lambda: transition(request.pk, Status.FAILED, error="boom"),
-                   lambda: transition(request.pk, Status.CANCELLED))
+    results = race(lambda: lifecycle.transition(request.pk, Status.FAILED, error="boom"),
+                   lambda: lifecycle.transition(request.pk, Status.CANCELLED))
     assert results.count(True) == 1
     assert finished == [request.pk]
+
+
+def test_the_state_machine_depends_on_nothing_above_it():
+    """states.py decides only: consequences (webhooks, events) live in generation.lifecycle."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(states))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.startswith("generation")} <= {"generation.models"}
 
 
 def test_module_has_one_owner_of_status(user):

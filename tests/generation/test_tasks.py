@@ -1,7 +1,9 @@
+"""Task bodies and the wake-ups they and everyone else send (generation.enqueue)."""
+
 import pytest
 from django.utils import timezone
 
-from generation import tasks
+from generation import enqueue, tasks
 from generation.models import GenerationRequest
 from generation.states import Status
 
@@ -14,12 +16,12 @@ URL = "http://127.0.0.1:9"
 def sent(monkeypatch, settings):
     settings.COMFYUI_BACKENDS = [{"url": URL, "capacity": 2}]
     calls = []
-    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(enqueue, "async_task", lambda *args, **kwargs: calls.append(args))
     return calls
 
 
 def test_wakeups_are_capped_by_free_slots(sent):
-    tasks.wake_dispatcher(5)
+    enqueue.wake_dispatcher(5)
     assert sent == [("generation.tasks.dispatch",)] * 2
 
 
@@ -27,7 +29,7 @@ def test_no_wakeup_when_every_slot_is_busy(sent, user):
     for _ in range(2):
         GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
                                          backend=URL)
-    tasks.wake_dispatcher()
+    enqueue.wake_dispatcher()
     assert sent == []
 
 
@@ -35,7 +37,7 @@ def test_a_slot_whose_prompt_finished_counts_as_free(sent, user):
     for executed in (None, timezone.now()):
         GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
                                          backend=URL, executed_at=executed)
-    tasks.wake_dispatcher(3)
+    enqueue.wake_dispatcher(3)
     assert len(sent) == 1
 
 
@@ -44,13 +46,13 @@ def test_wakeups_already_in_the_broker_count(sent, monkeypatch):
         def queue_size(self):
             return 1
 
-    monkeypatch.setattr(tasks, "get_broker", Broker)
-    tasks.wake_dispatcher(5)
+    monkeypatch.setattr(enqueue, "get_broker", Broker)
+    enqueue.wake_dispatcher(5)
     assert len(sent) == 1
 
 
 def test_send_wakeups_is_unconditional(sent):
-    tasks.send_wakeups(3)
+    enqueue.send_wakeups(3)
     assert len(sent) == 3
 
 
@@ -72,7 +74,7 @@ def test_a_backlog_covering_every_configured_slot_skips_the_free_slot_check(sent
         def queue_size(self):
             return 2  # the configured capacity
 
-    monkeypatch.setattr(tasks, "get_broker", Broker)
+    monkeypatch.setattr(enqueue, "get_broker", Broker)
     with django_assert_num_queries(0):
-        tasks.wake_dispatcher(5)
+        enqueue.wake_dispatcher(5)
     assert sent == []

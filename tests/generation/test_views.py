@@ -28,23 +28,38 @@ def login(client):
     return log_in
 
 
-def make_request(user, checkpoint, *, status=Status.QUEUED, outputs=0, prompt="a lighthouse at dusk", **fields):
+def make_request(user, checkpoint, *, status=Status.QUEUED, outputs=0, prompt="a lighthouse at dusk", lora_models=(),
+                 **fields):
     sampler = {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    params = {"prompt": prompt, "negative_prompt": "", "checkpoint_model": checkpoint.name,
+              "lora_models": list(lora_models), "width": 64, "height": 64, "batch_size": max(1, outputs),
+              "sampler_params": sampler}
     return GenerationRequest.objects.create(
         user=user, prompt=prompt, checkpoint_model=checkpoint.name, checkpoint=checkpoint, status=status,
-        width=64, height=64, batch_size=max(1, outputs), sampler_params=sampler,
+        width=64, height=64, batch_size=max(1, outputs), params=params,
         outputs=[f"generations/{user.pk}/2026/01/01/x_{n}.png" for n in range(outputs)],
         thumbnails=[{size: f"generations/{user.pk}/2026/01/01/thumbs/x_{n}_{size}.webp" for size in ("small", "medium")}
                     for n in range(outputs)],
         **fields)
 
 
+SAMPLER_KEYS = ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")
+
+
 def form_post(checkpoint, **overrides):
-    data = {"prompt": "a lighthouse at dusk", "negative_prompt": "blurry", "checkpoint_model": checkpoint.name,
-            "width": "64", "height": "64", "batch_size": "1", "seed": "42", "steps": "4", "cfg": "7.0",
-            "sampler_name": "euler", "scheduler": "normal", "denoise": "1.0"}
-    data.update(overrides)
+    """A posted txt2img form; sampler settings given by their short names (``steps="6"``)."""
+    data = {"workflow": "txt2img", "prompt": "a lighthouse at dusk", "negative_prompt": "blurry",
+            "checkpoint_model": checkpoint.name, "width": "64", "height": "64", "batch_size": "1",
+            "sampler_params.seed": "42", "sampler_params.steps": "4", "sampler_params.cfg": "7.0",
+            "sampler_params.sampler_name": "euler", "sampler_params.scheduler": "normal",
+            "sampler_params.denoise": "1.0"}
+    for key, value in overrides.items():
+        data[f"sampler_params.{key}" if key in SAMPLER_KEYS else "lora_models" if key == "lora" else key] = value
     return data
+
+
+def strength(name, which):
+    return f"lora_models.strength_{which}.{name}"
 
 
 # --- access -----------------------------------------------------------------------------------
@@ -89,14 +104,14 @@ def test_generate_page_offers_models_samplers_and_presets(login, user, checkpoin
     html = login(user).get(reverse("generate")).content.decode()
     assert checkpoint.description in html
     assert "hidden.safetensors" not in html
-    assert 'name="lora" value="tiny-lora.safetensors"' in html
+    assert 'name="lora_models" value="tiny-lora.safetensors"' in html
     assert 'data-insert="tinystyle"' in html
     for sampler in recorded_object_info().samplers:
         assert f'<option value="{sampler}"' in html
     for scheduler in recorded_object_info().schedulers:
         assert f'<option value="{scheduler}"' in html
     assert '<option value="1024x1024">1024 × 1024</option>' in html
-    assert 'data-randomise-seed="id_seed"' in html
+    assert 'data-randomise-seed="id_sampler_params-seed"' in html
     # every visible control is labelled
     ids = set(re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', html))
     labelled = set(re.findall(r'<label for="([^"]+)"', html))
@@ -113,19 +128,19 @@ def test_submit_with_two_loras_and_advanced_settings(login, user, checkpoint, lo
     data = form_post(checkpoint, lora=[lora.name, second_lora.name], seed="1234", steps="6", cfg="5.5",
                      sampler_name="dpmpp_2m", scheduler="karras", denoise="0.8", width="96", height="128",
                      batch_size="2", idempotency_key="form-1")
-    data[f"strength_model__{lora.name}"] = "0.75"
-    data[f"strength_clip__{lora.name}"] = "0.5"
-    data[f"strength_model__{second_lora.name}"] = "1.25"
-    data[f"strength_clip__{second_lora.name}"] = "1"
-    data[f"strength_model__{checkpoint.name}"] = "9"  # a LoRA that was not ticked is ignored
+    data[strength(lora.name, "model")] = "0.75"
+    data[strength(lora.name, "clip")] = "0.5"
+    data[strength(second_lora.name, "model")] = "1.25"
+    data[strength(second_lora.name, "clip")] = "1"
+    data[strength(checkpoint.name, "model")] = "9"  # a LoRA that was not ticked is ignored
     response = login(user).post(reverse("generate"), data)
     created = GenerationRequest.objects.get(user=user)
     assert response.status_code == 302 and response["Location"] == reverse("request-detail", args=[created.pk])
-    assert created.lora_models == [
+    assert created.params["lora_models"] == [
         {"name": lora.name, "strength_model": 0.75, "strength_clip": 0.5},
         {"name": second_lora.name, "strength_model": 1.25, "strength_clip": 1.0}]
-    assert created.sampler_params == {"seed": 1234, "steps": 6, "cfg": 5.5, "sampler_name": "dpmpp_2m",
-                                      "scheduler": "karras", "denoise": 0.8}
+    assert created.params["sampler_params"] == {"seed": 1234, "steps": 6, "cfg": 5.5, "sampler_name": "dpmpp_2m",
+                                                "scheduler": "karras", "denoise": 0.8}
     assert (created.width, created.height, created.batch_size) == (96, 128, 2)
     # a double click re-posts the same form: no second request
     again = login(user).post(reverse("generate"), data)
@@ -139,13 +154,14 @@ def test_submit_with_two_loras_and_advanced_settings(login, user, checkpoint, lo
 
 def test_empty_seed_draws_a_random_one(login, user, checkpoint):
     login(user).post(reverse("generate"), form_post(checkpoint, seed=""))
-    assert isinstance(GenerationRequest.objects.get(user=user).seed, int)
+    created = GenerationRequest.objects.get(user=user)
+    assert isinstance(created.workflow.seed(created.params), int)
 
 
 def test_field_errors_shown_at_their_fields_and_input_kept(login, user, checkpoint, lora):
     data = form_post(checkpoint, prompt="  ", negative_prompt="keep me", width="100", steps="0",
                      sampler_name="nope", lora=[lora.name])
-    data[f"strength_model__{lora.name}"] = "500"
+    data[strength(lora.name, "model")] = "500"
     response = login(user).post(reverse("generate"), data)
     assert response.status_code == 400
     html = response.content.decode()
@@ -157,15 +173,15 @@ def test_field_errors_shown_at_their_fields_and_input_kept(login, user, checkpoi
 
     assert "This field is required." in error_after("id_prompt")
     assert "multiple of 8" in error_after("id_width")
-    assert "Must be between 1 and" in error_after("id_steps")
-    assert "not one of the backend" in error_after("id_sampler_name")
+    assert "Must be between 1 and" in error_after("id_sampler_params-steps")
+    assert "not one of the backend" in error_after("id_sampler_params-sampler_name")
     assert "Model strength: Must be between -100.0 and 100.0." in html
     assert 'id="id_width" name="width" value="100"' in html
     assert ">keep me</textarea>" in html
-    assert f'value="{lora.name}" id="lora-1" data-lora-toggle\n                 checked' in html
+    assert re.search(rf'value="{lora.name}" id="lora-1" data-lora-toggle\s+checked', html)
     assert 'value="500"' in html
     assert '<details class="advanced" id="advanced" open>' in html
-    assert 'aria-invalid="true" aria-describedby="err-steps"' in html
+    assert 'aria-invalid="true" aria-describedby="err-sampler_params-steps"' in html
 
 
 def test_too_many_active_requests_is_explained(login, user, checkpoint, settings):
@@ -182,7 +198,7 @@ def test_generate_prefilled_from_an_earlier_request(login, user, other_user, che
     html = login(user).get(reverse("generate") + f"?from={earlier.pk}&seed=same").content.decode()
     assert ">reuse me</textarea>" in html and 'value="42"' in html and 'value="0.3"' in html
     fresh = login(user).get(reverse("generate") + f"?from={earlier.pk}").content.decode()
-    assert 'name="seed" value=""' in fresh
+    assert 'name="sampler_params.seed" value=""' in fresh
     theirs = make_request(other_user, checkpoint, prompt="not yours")
     assert b"not yours" not in login(user).get(reverse("generate") + f"?from={theirs.pk}").content
 
@@ -191,7 +207,7 @@ def test_generate_prefilled_from_an_earlier_request(login, user, other_user, che
 
 def test_request_page_and_live_partial(login, user, checkpoint):
     running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.5, current_step=2, total_steps=4,
-                           current_node="3", workflow={"3": {"class_type": "KSampler", "inputs": {}}})
+                           current_node="3", graph={"3": {"class_type": "KSampler", "inputs": {}}})
     client = login(user)
     page = client.get(reverse("request-detail", args=[running.pk]))
     assert page.status_code == 200
@@ -270,10 +286,10 @@ def test_regenerate_same_and_new_seed(login, user, checkpoint):
     response = client.post(reverse("request-regenerate", args=[done.pk]), {"seed": "same"})
     same = GenerationRequest.objects.exclude(pk=done.pk).get()
     assert response["Location"] == reverse("request-detail", args=[same.pk])
-    assert same.seed == 42 and same.regenerated_from_id == done.pk
+    assert same.params["sampler_params"]["seed"] == 42 and same.regenerated_from_id == done.pk
     client.post(reverse("request-regenerate", args=[done.pk]), {"seed": "new"})
     new = GenerationRequest.objects.exclude(pk__in=[done.pk, same.pk]).get()
-    assert new.prompt == done.prompt and new.sampler_params["steps"] == 4
+    assert new.prompt == done.prompt and new.params["sampler_params"]["steps"] == 4
 
 
 def test_regenerate_with_a_retired_model_explains(login, user, checkpoint):

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import Schedule
 
-from generation import states, webhooks
+from generation import lifecycle, webhooks
 from generation.models import GenerationRequest
 from generation.states import Status
 from generation.webhooks import WebhookUrlRefused, check_webhook_url, deliver_webhook
@@ -198,12 +198,12 @@ def test_api_refuses_private_webhook_urls_when_not_allowed(api, valid_params, se
 def test_terminal_transition_enqueues_the_delivery_task(user, make_generation, receiver, monkeypatch,
                                                         django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: sent.append((args, kwargs)))
+    monkeypatch.setattr("generation.enqueue.async_task", lambda *args, **kwargs: sent.append((args, kwargs)))
     request = make_generation(user, Status.RUNNING, webhook_url=receiver.url)
     silent = make_generation(user, Status.RUNNING)
     with django_capture_on_commit_callbacks(execute=True):
-        assert states.transition(request.pk, Status.COMPLETED)
-        assert states.transition(silent.pk, Status.FAILED)
+        assert lifecycle.transition(request.pk, Status.COMPLETED)
+        assert lifecycle.transition(silent.pk, Status.FAILED)
     assert sent == [(("generation.tasks.deliver_webhook", str(request.pk)), {"attempt": 1})]
     assert deliver_webhook(*sent[0][0][1:], **sent[0][1]) == "delivered"
 

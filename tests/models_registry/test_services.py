@@ -98,7 +98,7 @@ def test_removed_file_is_marked_missing_then_present_again(db, models_dir):
 
 
 def names_offered(model_type):
-    from generation.params import offered_models
+    from generation.workflows.fields import offered_models
 
     return set(offered_models(model_type).values_list("name", flat=True))
 

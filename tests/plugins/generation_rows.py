@@ -47,10 +47,14 @@ def make_generation(db, checkpoint):
 
     def make(user, status=Status.QUEUED, *, images=0, **fields):
         now = timezone.now()
-        values = {"prompt": "a lighthouse at dusk", "checkpoint_model": checkpoint.name, "checkpoint": checkpoint,
-                  "width": 64, "height": 48, "batch_size": max(1, images),
+        params = {"prompt": fields.get("prompt", "a lighthouse at dusk"), "negative_prompt": "",
+                  "checkpoint_model": checkpoint.name, "lora_models": [], "width": 64, "height": 48,
+                  "batch_size": max(1, images),
                   "sampler_params": {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler",
-                                     "scheduler": "normal", "denoise": 1.0},
+                                     "scheduler": "normal", "denoise": 1.0}}
+        params.update(fields.pop("params", {}))
+        values = {"prompt": params["prompt"], "checkpoint_model": checkpoint.name, "checkpoint": checkpoint,
+                  "width": 64, "height": 48, "batch_size": max(1, images), "params": params,
                   "status": status, **fields}
         if status in TERMINAL:
             values.setdefault("finished_at", now)

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from generation.tasks import ensure_schedules
+from generation.enqueue import ensure_schedules
 
 
 class Command(BaseCommand):

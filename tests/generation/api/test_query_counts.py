@@ -32,9 +32,9 @@ def submit(api, params):
 def test_a_submit_costs_a_fixed_number_of_queries(api, valid_params, one_backend, django_assert_num_queries):
     for _ in range(3):  # the broker now holds a wake-up per configured slot, as under load
         submit(api, valid_params)
-    # token, checkpoint, BEGIN, user lock, active count, insert, COMMIT, pending → queued,
-    # broker queue size, queue position
-    with django_assert_num_queries(10):
+    # token, checkpoint, backends' capabilities (can any run it?), BEGIN, user lock, active count,
+    # requirement set (insert if new), insert, COMMIT, pending → queued, broker queue size, queue position
+    with django_assert_num_queries(12):
         body = submit(api, valid_params)
     assert body["status"] == "queued" and body["queue_position"] == 4
     row = GenerationRequest.objects.get(pk=body["id"])
@@ -87,23 +87,27 @@ def test_the_list_shows_queue_positions(api, user, other_user, make_generation):
     assert positions == {str(first.pk): 2, str(second.pk): 3}
 
 
-def test_the_hand_built_representation_equals_drf_fields(api, user, make_generation):
+def test_the_representation_has_every_documented_field(api, user, make_generation):
     original = make_generation(user, Status.COMPLETED, images=2)
     rows = [
         original,
         make_generation(user, Status.QUEUED, regenerated_from=original,
-                        lora_models=[{"name": "tiny-lora.safetensors", "strength_model": 0.5, "strength_clip": 1}]),
+                        params={"lora_models": [{"name": "tiny-lora.safetensors", "strength_model": 0.5,
+                                                 "strength_clip": 1}]}),
         make_generation(user, Status.RUNNING, progress=0.25, current_node="3", current_step=5, total_steps=20),
         make_generation(user, Status.FAILED, error="boom", error_detail={"type": "execution", "node_id": "3"},
                         webhook_url="http://127.0.0.1:1/hook"),
-        make_generation(user, Status.CANCELLED, sampler_params={"seed": 7, "steps": 4}),
+        make_generation(user, Status.CANCELLED, params={"sampler_params": {"seed": 7, "steps": 4}}),
     ]
     request = api.get(LIST).wsgi_request
     for row in rows:
         row = GenerationRequest.objects.select_related("user").get(pk=row.pk)
-        serializer = GenerationRequestSerializer(context={"request": request})
-        drf = super(GenerationRequestSerializer, serializer).to_representation(row)
-        assert serializer.to_representation(row) == dict(drf)
+        document = GenerationRequestSerializer(context={"request": request}).to_representation(row)
+        assert set(GenerationRequestSerializer.Meta.fields) <= set(document)
+        assert document["workflow"] == {"slug": "txt2img", "version": 1, "name": "Text to image"}
+        # v1 clients read the parameters at the top level too
+        for key in ("negative_prompt", "lora_models", "sampler_params"):
+            assert document[key] == document["params"][key]
 
 
 def test_image_links_match_reverse(api, user, make_generation):

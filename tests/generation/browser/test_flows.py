@@ -47,7 +47,7 @@ def fill_form(page, *, prompt, steps, checkpoint="tiny-sd15-random.safetensors",
     page.get_by_label("Checkpoint").select_option(checkpoint)
     page.get_by_label("Width").fill(str(size))
     page.get_by_label("Height").fill(str(size))
-    page.get_by_text("Advanced sampler settings").click()
+    page.get_by_text("Advanced settings").click()
     page.get_by_label("Seed").fill("1234")
     page.get_by_label("Steps").fill(str(steps))
 
@@ -77,10 +77,10 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, s
     page.wait_for_url(re.compile(r"/requests/[0-9a-f-]{36}/$"))
     request_id = page.url.rstrip("/").rsplit("/", 1)[1]
     row = GenerationRequest.objects.get(pk=request_id)
-    assert row.lora_models == [{"name": watercolor.name, "strength_model": 1.0, "strength_clip": 0.6},
+    assert row.params["lora_models"] == [{"name": watercolor.name, "strength_model": 1.0, "strength_clip": 0.6},
                                {"name": lora.name, "strength_model": 0.8, "strength_clip": 1.0}]  # form order
     assert row.prompt == "a lighthouse at dusk, wtrclr"
-    assert row.sampler_params == {"seed": 1234, "steps": 30, "cfg": 6.5, "sampler_name": "euler_ancestral",
+    assert row.params["sampler_params"] == {"seed": 1234, "steps": 30, "cfg": 6.5, "sampler_name": "euler_ancestral",
                                   "scheduler": "karras", "denoise": 0.9}
 
     page.evaluate("() => { window.sameDocument = true; }")  # gone if the page reloads
@@ -130,7 +130,7 @@ def test_generate_watch_view_download_regenerate_delete(live_server, new_page, s
     assert again_id != request_id
     expect(page.locator('.live[data-status="completed"]')).to_be_visible(timeout=30_000)
     again = GenerationRequest.objects.get(pk=again_id)
-    assert again.sampler_params == row.sampler_params and again.lora_models == row.lora_models
+    assert again.params == row.params
     assert again.regenerated_from_id == row.pk
 
     # history shows both finished requests with their thumbnails

@@ -29,9 +29,11 @@ def models(transactional_db):
 def stored(user, checkpoint, n, status):
     return GenerationRequest.objects.create(
         user=user, prompt=f"history prompt {n:02}", checkpoint_model=checkpoint.name, checkpoint=checkpoint,
-        status=status, width=64, height=64, sampler_params={"seed": n, "steps": 4, "cfg": 7.0,
-                                                             "sampler_name": "euler", "scheduler": "normal",
-                                                             "denoise": 1.0})
+        status=status, width=64, height=64,
+        params={"prompt": f"history prompt {n:02}", "negative_prompt": "", "checkpoint_model": checkpoint.name,
+                "lora_models": [], "width": 64, "height": 64, "batch_size": 1,
+                "sampler_params": {"seed": n, "steps": 4, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                                   "denoise": 1.0}})
 
 
 def test_form_controls_and_a_field_error(live_server, page, user, models):
@@ -39,9 +41,9 @@ def test_form_controls_and_a_field_error(live_server, page, user, models):
     screenshot(page, "generate")
     # checkpoint description follows the choice
     page.get_by_label("Checkpoint").select_option("sdxl/other.safetensors")
-    expect(page.locator("#checkpoint-description")).to_have_text("A second checkpoint (SDXL)")
+    expect(page.locator("#id_checkpoint_model-description")).to_have_text("A second checkpoint (SDXL)")
     page.get_by_label("Checkpoint").select_option("tiny-sd15-random.safetensors")
-    expect(page.locator("#checkpoint-description")).to_have_text(
+    expect(page.locator("#id_checkpoint_model-description")).to_have_text(
         "Tiny SD1.5 test checkpoint (SD1.5) · recommended size 512 × 512")
     # LoRA: ticking enables its strengths; the slider and the number stay in step
     strength = page.get_by_role("spinbutton", name="Model strength of tiny-lora.safetensors")
@@ -60,14 +62,14 @@ def test_form_controls_and_a_field_error(live_server, page, user, models):
     expect(page.get_by_label("Height")).to_have_value("1216")
     # Advanced is collapsed until opened; randomise fills a seed
     expect(page.get_by_label("Steps")).to_be_hidden()
-    page.get_by_text("Advanced sampler settings").click()
+    page.get_by_text("Advanced settings").click()
     page.get_by_role("button", name="Randomise").click()
     assert re.fullmatch(r"\d+", page.get_by_label("Seed").input_value())
     page.get_by_label("Steps").fill("0")
     page.get_by_label("Width").fill("100")
     page.get_by_role("button", name="Generate").click()
 
-    steps_error = page.locator("#err-steps")
+    steps_error = page.locator("#err-sampler_params-steps")
     expect(steps_error).to_contain_text("Must be between 1 and")
     expect(page.locator("#err-width")).to_contain_text("multiple of 8")
     expect(page.get_by_label("Steps")).to_have_attribute("aria-invalid", "true")

@@ -19,18 +19,18 @@ from generation.comfyui.errors import (
     PromptUnknown,
     WorkflowRejected,
 )
-from generation.comfyui.workflow import build_workflow
+from generation.workflows import get_workflow
 from tests.generation.comfyui.conftest import recorded
 
 pytestmark = pytest.mark.integration
 
 
 def txt2img(*, steps=3, checkpoint="tiny-sd15-random.safetensors", prefix="t/req", seed=7, batch_size=1, **kw):
-    return build_workflow(prompt=kw.get("prompt", "a lighthouse"), negative_prompt="", checkpoint_model=checkpoint,
-                          lora_models=kw.get("loras", []), width=64, height=64, batch_size=batch_size,
-                          sampler_params={"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                                          "scheduler": "normal", "denoise": 1.0},
-                          filename_prefix=prefix)
+    params = {"prompt": kw.get("prompt", "a lighthouse"), "negative_prompt": "", "checkpoint_model": checkpoint,
+              "lora_models": kw.get("loras", []), "width": 64, "height": 64, "batch_size": batch_size,
+              "sampler_params": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
+                                 "scheduler": "normal", "denoise": 1.0}}
+    return get_workflow("txt2img").build(params, files={}, filename_prefix=prefix)
 
 
 def ids():

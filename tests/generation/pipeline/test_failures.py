@@ -20,7 +20,7 @@ def test_validation_error_is_permanent_with_the_message(simulator, cluster_facto
     assert "CheckpointLoaderSimple (node 4) input 'ckpt_name'" in row.error
     assert row.error_detail["type"] == "validation"
     assert row.error_detail["node_errors"]["4"]["errors"][0]["type"] == "value_not_in_list"
-    assert row.workflow["4"]["inputs"]["ckpt_name"] == "tiny-sd15-random.safetensors"
+    assert row.graph["4"]["inputs"]["ckpt_name"] == "tiny-sd15-random.safetensors"
     assert sum(simulator.stats()["submissions"].values()) == 0  # caught before sending
 
 

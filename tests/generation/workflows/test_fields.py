@@ -1,10 +1,20 @@
-"""Parameter validation: defaults, ranges named by field path, unknown fields, seeds, model checks."""
+"""Parameter validation through a workflow's definition (txt2img's): defaults, ranges named by field
+path, unknown fields, seeds, model checks."""
 
 import pytest
 
 from generation.errors import ParamsInvalid
-from generation.params import SAMPLER_DEFAULTS, SEED_MAX, offered_models, validate_params
+from generation.services import prepare_submission
+from generation.workflows import get_workflow
+from generation.workflows.fields import SEED_MAX, Context, offered_models
 from models_registry.models import AvailableModel, ModelType
+
+SAMPLER_DEFAULTS = {"seed": -1, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                    "denoise": 1.0}
+
+
+def validate_params(data):
+    return get_workflow("txt2img").validate(data, Context())
 
 
 def errors_of(data):
@@ -15,35 +25,33 @@ def errors_of(data):
 
 def test_defaults_fill_everything_but_prompt_and_checkpoint(checkpoint):
     params = validate_params({"prompt": "  a fox  ", "checkpoint_model": checkpoint.name})
-    assert params.prompt == "a fox"
-    assert (params.width, params.height, params.batch_size) == (512, 512, 1)
-    assert params.negative_prompt == "" and params.lora_models == [] and params.webhook_url == ""
-    assert params.checkpoint == checkpoint
+    assert params["prompt"] == "a fox"
+    assert (params["width"], params["height"], params["batch_size"]) == (512, 512, 1)
+    assert params["negative_prompt"] == "" and params["lora_models"] == []
+    assert params["checkpoint_model"] == checkpoint.name
     expected = {k: v for k, v in SAMPLER_DEFAULTS.items() if k != "seed"}
-    assert {k: v for k, v in params.sampler_params.items() if k != "seed"} == expected
-    fields = params.as_fields()
-    assert fields["checkpoint"] == checkpoint and fields["checkpoint_model"] == checkpoint.name
+    assert {k: v for k, v in params["sampler_params"].items() if k != "seed"} == expected
 
 
 def test_valid_params_round_trip(valid_params, lora):
     valid_params["lora_models"] = [{"name": lora.name, "strength_model": 0.5}]
     params = validate_params(valid_params)
-    assert params.sampler_params == valid_params["sampler_params"]
-    assert params.lora_models == [{"name": lora.name, "strength_model": 0.5, "strength_clip": 1.0}]
+    assert params["sampler_params"] == valid_params["sampler_params"]
+    assert params["lora_models"] == [{"name": lora.name, "strength_model": 0.5, "strength_clip": 1.0}]
 
 
 def test_random_seed_is_drawn(checkpoint):
     seeds = {validate_params({"prompt": "p", "checkpoint_model": checkpoint.name,
-                              "sampler_params": {"seed": -1}}).sampler_params["seed"] for _ in range(5)}
+                              "sampler_params": {"seed": -1}})["sampler_params"]["seed"] for _ in range(5)}
     assert len(seeds) > 1 and all(isinstance(s, int) and 0 <= s < 2**53 for s in seeds)
-    drawn = validate_params({"prompt": "p", "checkpoint_model": checkpoint.name}).sampler_params["seed"]
+    drawn = validate_params({"prompt": "p", "checkpoint_model": checkpoint.name})["sampler_params"]["seed"]
     assert isinstance(drawn, int) and drawn >= 0
 
 
 def test_explicit_seed_is_kept_up_to_uint64(checkpoint):
     params = validate_params({"prompt": "p", "checkpoint_model": checkpoint.name,
                               "sampler_params": {"seed": SEED_MAX}})
-    assert params.sampler_params["seed"] == SEED_MAX
+    assert params["sampler_params"]["seed"] == SEED_MAX
 
 
 @pytest.mark.parametrize("path, value", [
@@ -128,9 +136,23 @@ def test_lora_count_limit(valid_params, settings):
     assert "lora_models" in errors_of(dict(valid_params, lora_models=[{"name": "a"}, {"name": "b"}]))
 
 
-def test_webhook_url_must_be_http(valid_params):
-    assert "webhook_url" in errors_of(dict(valid_params, webhook_url="file:///etc/passwd"))
-    assert "webhook_url" in errors_of(dict(valid_params, webhook_url=42))
+def test_webhook_url_must_be_http(valid_params, user):
+    for bad in ("file:///etc/passwd", 42):
+        with pytest.raises(ParamsInvalid) as caught:
+            prepare_submission(user=user, data=dict(valid_params, webhook_url=bad, width=7))
+        assert {"webhook_url", "width"} <= set(caught.value.fields)  # reported with the parameters' problems
+
+
+def test_unicode_digits_are_not_numbers(valid_params):
+    for value in ("²", "①", "١٢"):
+        assert list(errors_of(dict(valid_params, batch_size=value))) == ["batch_size"]
+        assert list(errors_of(dict(valid_params, sampler_params={"seed": value}))) == ["sampler_params.seed"]
+
+
+def test_long_bad_values_are_not_echoed_in_full(valid_params):
+    errors = errors_of(dict(valid_params, sampler_params={"sampler_name": "x" * 100_000}))
+    message = errors["sampler_params.sampler_name"]
+    assert len(message[0]) < 200
 
 
 def test_offered_models_are_active_and_present(checkpoint, lora):

@@ -1,0 +1,111 @@
+"""A request as its owner sees it: the one document the API answers and webhooks POST.
+
+Built by hand from the row (DRF's per-field machinery cost ~0.5 ms a row, more than a page's
+query); ``generation.api.serializers.GenerationRequestSerializer`` describes it for OpenAPI.
+"""
+
+from django.urls import reverse
+from rest_framework.fields import DateTimeField
+
+from generation.selectors import queue_position as compute_queue_position
+from generation.states import Status
+
+UNSET = object()
+
+# keys of the document itself; a workflow parameter of the same name appears only under "params"
+RESERVED = frozenset({
+    "id", "user", "status", "progress", "queue_position", "workflow", "params", "inputs", "prompt",
+    "checkpoint_model", "width", "height", "batch_size", "webhook_url", "backend", "attempts", "error",
+    "error_detail", "images", "regenerated_from", "created_at", "queued_at", "started_at", "finished_at",
+    "updated_at"})
+
+_DATETIME = DateTimeField()
+
+
+def request_representation(generation, *, absolute=None, queue_position=UNSET, workflow_names=None):
+    """The document for ``generation``.
+
+    ``absolute`` turns a path into a full URL (``request.build_absolute_uri``); without it, URLs are
+    relative. ``queue_position`` may be given when a list computed them for a whole page.
+    The workflow's parameters are under ``params``, and also at the top level (where they do not
+    clash with the document's own keys), so v1 clients that read ``sampler_params`` keep working.
+    """
+    obj = generation
+    link = absolute or (lambda path: path)
+    prefix = link(reverse("generation-detail", kwargs={"pk": obj.pk}))
+    params = obj.params or {}
+    document = {key: value for key, value in params.items() if key not in RESERVED}
+    document.update({
+        "id": str(obj.pk),
+        "user": str(obj.user.get_username()),
+        "status": str(obj.status),
+        "progress": {"fraction": obj.progress, "current_node": obj.current_node, "step": obj.current_step,
+                     "total_steps": obj.total_steps},
+        "queue_position": compute_queue_position(obj) if queue_position is UNSET else queue_position,
+        "workflow": {"slug": obj.workflow_slug, "version": obj.workflow_version,
+                     "name": _workflow_name(obj, workflow_names)},
+        "params": params,
+        "inputs": _inputs(obj, link),
+        "prompt": obj.prompt,
+        "checkpoint_model": obj.checkpoint_model,
+        "width": obj.width,
+        "height": obj.height,
+        "batch_size": obj.batch_size,
+        "webhook_url": obj.webhook_url,
+        "backend": obj.backend,
+        "attempts": obj.attempts,
+        "error": obj.error,
+        "error_detail": obj.error_detail,
+        "images": _images(obj, prefix),
+        "regenerated_from": obj.regenerated_from_id,
+        "created_at": _datetime(obj.created_at),
+        "queued_at": _datetime(obj.queued_at),
+        "started_at": _datetime(obj.started_at),
+        "finished_at": _datetime(obj.finished_at),
+        "updated_at": _datetime(obj.updated_at),
+    })
+    return document
+
+
+def _workflow_name(obj, names):
+    if names is not None and obj.workflow_slug in names:
+        return names[obj.workflow_slug]
+    from generation.workflows import UnknownWorkflow, get_workflow
+
+    try:
+        return get_workflow(obj.workflow_slug, obj.workflow_version).name
+    except UnknownWorkflow:
+        return obj.workflow_slug
+
+
+def _inputs(obj, link):
+    """The input images the parameters name, with the URL that serves each to its owner."""
+    from generation.workflows import UnknownWorkflow
+
+    try:
+        wanted = obj.workflow.input_files(obj.params or {})
+    except UnknownWorkflow:
+        wanted = {}
+    if not wanted:
+        return []
+    records = {str(record.pk): record for record in obj.inputs.all()}
+    return [{"parameter": path, "id": str(input_id), "kind": records[str(input_id)].kind,
+             "width": records[str(input_id)].width, "height": records[str(input_id)].height,
+             "url": link(reverse("input-image", kwargs={"pk": input_id}))}
+            for path, input_id in wanted.items() if str(input_id) in records]
+
+
+def _images(obj, prefix):
+    if obj.status != Status.COMPLETED or not obj.outputs:
+        return []
+    images = []
+    for index, _path in enumerate(obj.outputs):
+        thumbs = obj.thumbnails[index] if index < len(obj.thumbnails or []) else {}
+        url = f"{prefix}images/{index}/"
+        images.append({"index": index, "url": url, "download_url": f"{url}?download=1",
+                       "thumbnails": {size: f"{url}thumbnail/{size}/" for size in (thumbs or {})}})
+    return images
+
+
+def _datetime(value):
+    return None if value is None else _DATETIME.to_representation(value)

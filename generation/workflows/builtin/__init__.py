@@ -1,0 +1,1 @@
+"""Built-in workflow types, one module each (``WORKFLOW = …``); the registry finds them here."""
