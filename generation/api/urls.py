@@ -1,9 +1,9 @@
-"""API v1 routes: one router for the request and model viewsets, plus auth and staff views."""
+"""API v1 routes: the root (links), one router for the request and model viewsets, auth and staff views."""
 
 from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
-from generation.api import views
+from generation.api import root, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -11,6 +11,7 @@ router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
 router.register("comfyui", views.GenerationViewSet, basename="generation")
 
 urlpatterns = [
+    path("", root.ApiRootView.as_view(), name="api-root"),
     path("comfyui/backends/", views.BackendsView.as_view(), name="backends"),
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
     path("auth/webhook-secret/", views.WebhookSecretView.as_view(), name="webhook-secret"),
