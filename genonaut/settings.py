@@ -78,6 +78,9 @@ def database_from_url(url, *, data_dir):
             "PORT": _database_port(parts),
             "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
             "CONN_HEALTH_CHECKS": True,
+            # behind PgBouncer in transaction mode a cursor cannot outlive its transaction (docs/deploy.md);
+            # Django already keeps psycopg's prepared statements off, which that mode needs too
+            "DISABLE_SERVER_SIDE_CURSORS": env_bool("DATABASE_TRANSACTION_POOLING", False),
             "OPTIONS": options,
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite or postgres)")
