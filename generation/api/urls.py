@@ -7,6 +7,9 @@ from generation.api import root, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
+# no undocumented ".json" twins of every route: they reached the image actions with a `format`
+# argument those do not take (a 500 found by the schema fuzzer)
+router.include_format_suffixes = False
 router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
 router.register("comfyui", views.GenerationViewSet, basename="generation")
 

@@ -29,3 +29,12 @@ def test_every_link_leads_to_an_endpoint(client, staff_user):
 def test_the_root_stays_public_while_what_it_links_to_does_not(client, db):
     assert client.get("/api/v1/comfyui/").status_code == 401
     assert client.get("/api/v1/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_routes_have_no_format_suffix_twins(client, user):
+    """``…/images/0.json`` once reached the image action with a ``format`` argument it does not take (500)."""
+    client.force_login(user)
+    response = client.get("/api/v1/comfyui/0b7c1e36-8a43-4d2b-9c1a-2f1f6b7c1e36/images/0.json")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert client.get("/api/v1/comfyui.json").status_code == 404
