@@ -293,6 +293,7 @@ COMFYUI_BACKENDS = comfyui_backends_from_env(_comfyui_urls, default_capacity=COM
 COMFYUI_MODELS_DIR = env_str("COMFYUI_MODELS_DIR")  # ComfyUI's models/ folder, when mounted here
 COMFYUI_CHECKPOINTS_DIRS = env_list("COMFYUI_CHECKPOINTS_DIRS")  # extra folders (extra_model_paths)
 COMFYUI_LORAS_DIRS = env_list("COMFYUI_LORAS_DIRS")
+COMFYUI_UPSCALE_MODELS_DIRS = env_list("COMFYUI_UPSCALE_MODELS_DIRS")
 COMFYUI_TIMEOUT = env_float("COMFYUI_TIMEOUT", 10.0)  # seconds for one HTTP call
 COMFYUI_OBJECT_INFO_TTL = env_float("COMFYUI_OBJECT_INFO_TTL", 60.0)
 

@@ -1,12 +1,15 @@
 """Staff manage the model catalogue here: what is offered, whether files are healthy, refresh."""
 
 import json
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from models_registry import services
 from models_registry.models import AvailableModel
@@ -19,22 +22,49 @@ def _listing(items):
     return shown + (f" … and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
+class BackendFilter(admin.SimpleListFilter):
+    """Which configured backend listed the model last time (or none, or not known per backend)."""
+
+    title = "on backend"
+    parameter_name = "backend"
+    NONE, UNKNOWN = "none", "unknown"
+
+    def lookups(self, request, model_admin):
+        configured = [(b["url"], urlsplit(b["url"]).netloc) for b in settings.COMFYUI_BACKENDS]
+        return [*configured, (self.NONE, "on no configured backend"), (self.UNKNOWN, "not known (folder only)")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return None
+        if value == self.UNKNOWN:
+            return queryset.filter(backends__isnull=True)
+        configured = {b["url"] for b in settings.COMFYUI_BACKENDS}
+        # matched here rather than in SQL: SQLite (development) has no JSON containment lookup, and the
+        # catalogue is small (hundreds of rows)
+        rows = queryset.exclude(backends__isnull=True).values_list("pk", "backends")
+        if value == self.NONE:
+            return queryset.filter(pk__in=[pk for pk, urls in rows if not configured.intersection(urls)])
+        return queryset.filter(pk__in=[pk for pk, urls in rows if value in urls])
+
+
 @admin.register(AvailableModel)
 class AvailableModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "type", "base_architecture", "is_active", "is_present", "size", "header_ok", "last_seen")
-    list_filter = ("type", "is_active", "is_present", "base_architecture")
+    list_display = ("name", "type", "base_architecture", "is_active", "is_present", "on_backends", "size", "header_ok",
+                    "last_seen")
+    list_filter = ("type", "is_active", "is_present", BackendFilter, "base_architecture")
     list_editable = ("is_active",)
     search_fields = ("name", "display_name", "description", "base_architecture")
     ordering = ("type", "name")
     actions = ("enable_models", "disable_models", "check_health", "compute_hash")
     readonly_fields = ("file_path", "size", "file_mtime", "sha256", "hashed_size", "hashed_mtime", "header_error",
-                       "pretty_metadata", "is_present", "last_seen", "created_at", "updated_at")
+                       "pretty_metadata", "is_present", "on_backends", "last_seen", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "type", "display_name", "description", "is_active")}),
         ("For people choosing a model", {"fields": ("base_architecture", "trigger_words", "recommended_width",
                                                     "recommended_height")}),
-        ("File", {"fields": ("is_present", "last_seen", "file_path", "size", "file_mtime", "sha256", "hashed_size",
-                             "hashed_mtime", "header_error")}),
+        ("File", {"fields": ("is_present", "on_backends", "last_seen", "file_path", "size", "file_mtime", "sha256",
+                             "hashed_size", "hashed_mtime", "header_error")}),
         ("safetensors metadata", {"classes": ("collapse",), "fields": ("pretty_metadata",)}),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
@@ -46,6 +76,17 @@ class AvailableModelAdmin(admin.ModelAdmin):
     @admin.display(description="size", ordering="size_bytes")
     def size(self, obj):
         return filesizeformat(obj.size_bytes) if obj.size_bytes is not None else "—"
+
+    @admin.display(description="on backends")
+    def on_backends(self, obj):
+        if obj.backends is None:
+            return "not known"
+        if not obj.backends:
+            return "none"
+        configured = {b["url"] for b in settings.COMFYUI_BACKENDS}
+        return format_html_join(mark_safe("<br>"), '<span title="{}">{}{}</span>', (
+            (url, urlsplit(url).netloc or url, "" if url in configured else " (not configured)")
+            for url in obj.backends))
 
     @admin.display(description="header", boolean=True)
     def header_ok(self, obj):

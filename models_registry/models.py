@@ -1,11 +1,13 @@
-"""The catalogue of checkpoints and LoRAs that users may choose from."""
+"""The catalogue of checkpoints, LoRAs and upscale models that users may choose from."""
 
 from django.db import models
 
 
 class ModelType(models.TextChoices):
+    # values are stored and used by API clients: never rename one
     CHECKPOINT = "checkpoint", "Checkpoint"
     LORA = "lora", "LoRA"
+    UPSCALE_MODEL = "upscale_model", "Upscale model"
 
 
 class AvailableModel(models.Model):
@@ -34,6 +36,9 @@ class AvailableModel(models.Model):
     metadata = models.JSONField(default=dict, blank=True, help_text="safetensors __metadata__ (trimmed)")
     header_error = models.TextField(blank=True, help_text="Why the header could not be read, if it could not")
     last_seen = models.DateTimeField(null=True, blank=True)
+    backends = models.JSONField(null=True, blank=True, help_text=(
+        "URLs of the ComfyUI backends whose last listing held it ([]: none does); null: not known per "
+        "backend (no backend listing of its folder has been read, e.g. seen in a mounted folder only)"))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

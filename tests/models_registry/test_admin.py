@@ -23,8 +23,9 @@ def models_dir(tmp_path, settings):
                       metadata={"ss_resolution": "512"})
     (root / "checkpoints" / "bad.safetensors").write_bytes(b"\xff" * 20)
     (root / "loras").mkdir()
+    (root / "upscale_models").mkdir()  # every ComfyUI models/ folder has one
     settings.COMFYUI_MODELS_DIR = str(root)
-    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = []
+    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = settings.COMFYUI_UPSCALE_MODELS_DIRS = []
     settings.COMFYUI_BACKENDS = []
     return root
 
@@ -122,3 +123,26 @@ def test_change_page_shows_metadata_and_keeps_name_read_only(admin_client_, db, 
     assert response.status_code == 302, response.content.decode()[:2000]
     good.refresh_from_db()
     assert (good.display_name, good.is_active, good.name) == ("Good one", False, "good.safetensors")
+
+
+def test_changelist_shows_and_filters_by_backend(admin_client_, db, settings):
+    gpu1, gpu2, gone = "http://gpu1:8188", "http://gpu2:8188", "http://gone:8188"
+    settings.COMFYUI_BACKENDS = [{"url": gpu1, "capacity": 2}, {"url": gpu2, "capacity": 2}]
+    both = AvailableModel.objects.create(name="both.safetensors", type=ModelType.CHECKPOINT, backends=[gpu1, gpu2])
+    only2 = AvailableModel.objects.create(name="two.safetensors", type=ModelType.CHECKPOINT, backends=[gpu2])
+    none = AvailableModel.objects.create(name="none.safetensors", type=ModelType.LORA, backends=[])
+    stale = AvailableModel.objects.create(name="stale.safetensors", type=ModelType.LORA, backends=[gone])
+    unknown = AvailableModel.objects.create(name="4x.pth", type=ModelType.UPSCALE_MODEL, backends=None)
+
+    body = admin_client_.get(reverse(CHANGELIST)).content.decode()
+    assert "on backend" in body and "gpu1:8188" in body and "not known" in body
+    assert "gone:8188 (not configured)" in body
+
+    def listed(**query):
+        return set(admin_client_.get(reverse(CHANGELIST), query).context["cl"].result_list)
+
+    assert listed(backend=gpu1) == {both}
+    assert listed(backend=gpu2) == {both, only2}
+    assert listed(backend="none") == {none, stale}
+    assert listed(backend="unknown") == {unknown}
+    assert listed(type__exact="upscale_model") == {unknown}
