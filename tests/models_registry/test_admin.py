@@ -232,3 +232,9 @@ def test_changelist_shows_and_filters_by_backend(admin_client_, db, settings):
     assert listed(backend="none") == {none, stale}
     assert listed(backend="unknown") == {unknown}
     assert listed(type__exact="upscale_model") == {unknown}
+
+
+def test_add_page_renders_the_read_only_states(admin_client_, db):
+    response = admin_client_.get(reverse("admin:models_registry_availablemodel_add"))
+    assert response.status_code == 200
+    assert "not known" in response.content.decode()  # on backends, before any refresh
