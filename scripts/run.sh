@@ -93,7 +93,7 @@ stop_all() {
   stop_one "worker cluster" 20 "a job was still running; the reconciler picks it up on the next start"
   if grep -q "has stopped" "$LOG_DIR/worker.log" 2>/dev/null; then echo "Worker cluster stopped."; fi
   stop_one simulator 5
-  read -r owner _ < "$PID_FILE" 2>/dev/null && [ "$owner" = "$$" ] && rm -f "$PID_FILE"
+  read -r owner _ 2>/dev/null < "$PID_FILE" && [ "$owner" = "$$" ] && rm -f "$PID_FILE"
   exit "$status"
 }
 trap stop_all EXIT
