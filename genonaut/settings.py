@@ -78,6 +78,9 @@ def database_from_url(url, *, data_dir):
             "PORT": _database_port(parts),
             "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
             "CONN_HEALTH_CHECKS": True,
+            # behind PgBouncer in transaction mode a cursor cannot outlive its transaction (docs/deploy.md);
+            # Django already keeps psycopg's prepared statements off, which that mode needs too
+            "DISABLE_SERVER_SIDE_CURSORS": env_bool("DATABASE_TRANSACTION_POOLING", False),
             "OPTIONS": options,
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported (use sqlite or postgres)")
@@ -293,6 +296,7 @@ COMFYUI_BACKENDS = comfyui_backends_from_env(_comfyui_urls, default_capacity=COM
 COMFYUI_MODELS_DIR = env_str("COMFYUI_MODELS_DIR")  # ComfyUI's models/ folder, when mounted here
 COMFYUI_CHECKPOINTS_DIRS = env_list("COMFYUI_CHECKPOINTS_DIRS")  # extra folders (extra_model_paths)
 COMFYUI_LORAS_DIRS = env_list("COMFYUI_LORAS_DIRS")
+COMFYUI_UPSCALE_MODELS_DIRS = env_list("COMFYUI_UPSCALE_MODELS_DIRS")
 COMFYUI_TIMEOUT = env_float("COMFYUI_TIMEOUT", 10.0)  # seconds for one HTTP call
 COMFYUI_OBJECT_INFO_TTL = env_float("COMFYUI_OBJECT_INFO_TTL", 60.0)
 

@@ -1,11 +1,15 @@
-"""The catalogue of checkpoints and LoRAs that users may choose from."""
+"""The catalogue of checkpoints, LoRAs and upscale models that users may choose from."""
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class ModelType(models.TextChoices):
+    # values are stored and used by API clients: never rename one
     CHECKPOINT = "checkpoint", "Checkpoint"
     LORA = "lora", "LoRA"
+    UPSCALE_MODEL = "upscale_model", "Upscale model"
 
 
 class AvailableModel(models.Model):
@@ -34,6 +38,9 @@ class AvailableModel(models.Model):
     metadata = models.JSONField(default=dict, blank=True, help_text="safetensors __metadata__ (trimmed)")
     header_error = models.TextField(blank=True, help_text="Why the header could not be read, if it could not")
     last_seen = models.DateTimeField(null=True, blank=True)
+    backends = models.JSONField(null=True, blank=True, help_text=(
+        "URLs of the ComfyUI backends whose last listing held it ([]: none does); null: not known per "
+        "backend (no backend listing of its folder has been read, e.g. seen in a mounted folder only)"))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -57,3 +64,61 @@ class AvailableModel(models.Model):
     @property
     def is_offered(self):
         return self.is_active and self.is_present
+
+
+class RegistryJob(models.Model):
+    """Registry work staff asked for, done by a worker: a refresh, or hashing one model's file.
+
+    The web request only records the decision (who, when) and enqueues it; the Django-Q task
+    claims it (``requested`` → ``running``) and records how it ended, so the admin can show that
+    it is under way and then its result. At most one refresh, and one hash per model, is active.
+    """
+
+    class Kind(models.TextChoices):
+        REFRESH = "refresh", "Refresh from ComfyUI"
+        HASH = "hash", "Compute SHA-256"
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "Waiting for a worker"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.REQUESTED, Status.RUNNING)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    model = models.ForeignKey(AvailableModel, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="registry_jobs", help_text="The model to hash (hash jobs only)")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    summary = models.CharField(max_length=500, blank=True, help_text="How it ended, in one line")
+    details = models.JSONField(default=dict, blank=True, help_text="Refresh: added, missing, problems; hash: sha256")
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(kind__in=["refresh", "hash"]), name="registryjob_kind_valid"),
+            models.CheckConstraint(condition=models.Q(status__in=["requested", "running", "done", "failed"]),
+                                   name="registryjob_status_valid"),
+            models.CheckConstraint(condition=models.Q(kind="refresh", model__isnull=True)
+                                   | models.Q(kind="hash", model__isnull=False), name="registryjob_model_iff_hash"),
+            models.UniqueConstraint(fields=["kind"], condition=models.Q(kind="refresh",
+                                                                        status__in=["requested", "running"]),
+                                    name="registryjob_one_active_refresh"),
+            models.UniqueConstraint(fields=["model"], condition=models.Q(kind="hash",
+                                                                         status__in=["requested", "running"]),
+                                    name="registryjob_one_active_hash_per_model"),
+        ]
+        indexes = [models.Index(fields=["kind", "model", "-requested_at"], name="registryjob_latest_idx")]
+
+    def __str__(self):
+        target = f" {self.model.name}" if self.model_id else ""
+        return f"{self.get_kind_display()}{target}: {self.get_status_display()}"
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE

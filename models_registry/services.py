@@ -6,6 +6,9 @@ Invariants kept here:
   only when every source that covers its type answered completely — a folder that could not be
   read or a backend that did not answer never makes registered models look gone.
 - Admin-owned fields (``is_active``, ``display_name``, ``description``) are never overwritten.
+- ``backends`` holds, per model, the backends whose last listing of its folder held it: a backend
+  that did not answer keeps what it said last time, one that answered replaces it, one no longer
+  configured (nor asked) is dropped. ``None`` until some backend listing of its folder was read.
 - Hashing reads whole files, so it happens only on demand and is cached by path, size and mtime.
 """
 
@@ -27,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_EXTENSIONS = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin"})
 # ComfyUI's folder names under models/ and in its /models/{folder} API, per model type.
-COMFYUI_FOLDER = {ModelType.CHECKPOINT: "checkpoints", ModelType.LORA: "loras"}
+COMFYUI_FOLDER = {ModelType.CHECKPOINT: "checkpoints", ModelType.LORA: "loras",
+                  ModelType.UPSCALE_MODEL: "upscale_models"}
 SOURCES = ("folders", "api", "both")
 HASH_CHUNK_BYTES = 1024 * 1024
 
@@ -79,6 +83,8 @@ class _Scan:
     problems: list = field(default_factory=list)
     unreadable: list = field(default_factory=list)
     sources_ok: int = 0
+    asked: list = field(default_factory=list)  # backend URLs asked for their listings
+    listings: dict = field(default_factory=dict)  # type → {url: set of names} for the listings that answered
 
     def add(self, item):
         # the first source wins, like ComfyUI which takes the first folder holding a name
@@ -92,15 +98,12 @@ class _Scan:
 
 
 def model_folders(models_dir=None):
-    """The folders to scan per type: ``<COMFYUI_MODELS_DIR>/{checkpoints,loras}`` plus the extra lists."""
+    """The folders to scan per type: ``<COMFYUI_MODELS_DIR>/<ComfyUI's folder>`` plus the extra lists."""
     models_dir = settings.COMFYUI_MODELS_DIR if models_dir is None else models_dir
-    folders = {ModelType.CHECKPOINT: [], ModelType.LORA: []}
-    if models_dir:
-        for model_type, name in COMFYUI_FOLDER.items():
-            folders[model_type].append(Path(models_dir) / name)
-    folders[ModelType.CHECKPOINT] += [Path(p) for p in settings.COMFYUI_CHECKPOINTS_DIRS]
-    folders[ModelType.LORA] += [Path(p) for p in settings.COMFYUI_LORAS_DIRS]
-    return folders
+    extra = {ModelType.CHECKPOINT: settings.COMFYUI_CHECKPOINTS_DIRS, ModelType.LORA: settings.COMFYUI_LORAS_DIRS,
+             ModelType.UPSCALE_MODEL: settings.COMFYUI_UPSCALE_MODELS_DIRS}
+    return {model_type: ([Path(models_dir) / folder] if models_dir else []) + [Path(p) for p in extra[model_type]]
+            for model_type, folder in COMFYUI_FOLDER.items()}
 
 
 def backend_urls():
@@ -133,6 +136,7 @@ def refresh_models(*, source="both", dry_run=False, hash_files=False, folders=No
     if use_folders:
         _scan_folders(scan, folders)
     if use_api:
+        scan.asked = list(backends)
         for url in backends:
             _ask_backend(scan, url)
     if not scan.sources_ok:
@@ -228,9 +232,10 @@ def _ask_backend(scan, url):
             scan.problems.append(f"ComfyUI at {url} did not list {folder}: {exc}")
             return
         scan.sources_ok += 1
+        names = {name for name in names if isinstance(name, str) and name}
+        scan.listings.setdefault(model_type, {})[url] = names
         for name in names:
-            if isinstance(name, str) and name:
-                scan.add(_Found(name=name, type=model_type))
+            scan.add(_Found(name=name, type=model_type))
 
 
 # --- applying a scan -------------------------------------------------------------------------------
@@ -249,7 +254,7 @@ def _lock_registry():
 
 
 _TRACKED = ("is_present", "file_path", "size_bytes", "file_mtime", "header_error", "metadata", "base_architecture",
-            "trigger_words", "recommended_width", "recommended_height")
+            "trigger_words", "recommended_width", "recommended_height", "backends")
 
 
 def _tracked(model):
@@ -266,6 +271,7 @@ def _apply(scan, result):
         before = _tracked(model)
         model.is_present = True
         model.last_seen = now
+        model.backends = _presence(model, scan)
         if item.path is not None:
             _apply_file(model, item)
             if model.header_error:
@@ -279,12 +285,31 @@ def _apply(scan, result):
         AvailableModel.objects.filter(pk__in=unchanged[start:start + 500]).update(last_seen=now)
 
     for key, model in sorted(existing.items()):
-        if key in scan.found or not model.is_present:
+        if key in scan.found:
             continue
-        if not scan.complete.get(model.type, False):
-            continue  # a source for this type failed: absence proves nothing
-        AvailableModel.objects.filter(pk=model.pk).update(is_present=False, updated_at=now)
-        result.missing.append(f"{model.type}:{model.name}")
+        changes = {}
+        presence = _presence(model, scan)
+        if presence != model.backends:
+            changes["backends"] = presence
+        # a source for this type that failed means absence proves nothing
+        if model.is_present and scan.complete.get(model.type, False):
+            changes["is_present"] = False
+            result.missing.append(f"{model.type}:{model.name}")
+        if changes:
+            AvailableModel.objects.filter(pk=model.pk).update(**changes, updated_at=now)
+
+
+def _presence(model, scan):
+    """The model's ``backends`` after this scan (the rules are in the module docstring)."""
+    listings = scan.listings.get(model.type)
+    if not listings:
+        return model.backends  # no backend listing of its folder was read: what we knew stands
+    configured = set(backend_urls())
+    on = {url for url, names in listings.items() if model.name in names}
+    carried = {url for url in model.backends or () if url not in listings and (url in scan.asked or url in configured)}
+    if not (on or carried) and model.backends is None and set(scan.asked) - set(listings):
+        return None  # the backends that answered lack it; the ones that did not might have it
+    return sorted(on | carried)
 
 
 def _apply_file(model, item):

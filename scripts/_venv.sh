@@ -9,7 +9,8 @@ ensure_venv() {
   local stamp=".venv/.installed-$(basename "$req")"
   local digest
   digest=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  # requirements-dev.txt includes requirements.txt: its current stamp covers both
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ] && [ "$(cat .venv/.installed-requirements-dev.txt 2>/dev/null)" != "$digest" ]; then
     echo "Installing $req into .venv …"
     .venv/bin/python -m pip install --quiet -r "$req"
     echo "$digest" > "$stamp"

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: Chromium for the browser tests (Playwright drives
-# /usr/bin/chromium; it never downloads a browser of its own).
+# /usr/bin/chromium; it never downloads a browser of its own) and PgBouncer for the
+# connection-pooling test (tests/genonaut/test_pooling.py).
 set -euo pipefail
-if [ ! -x /usr/bin/chromium ]; then
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "Chromium is missing: run 'sudo apt-get install chromium' (the browser tests need it)" >&2
+    echo "Missing Debian packages: run 'sudo apt-get install ${missing[*]}' (the tests need them)" >&2
     exit 1
   fi
-  echo "Installing Chromium from Debian …"
+  echo "Installing ${missing[*]} from Debian …"
   apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium fonts-dejavu-core >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -102,7 +102,7 @@ def _user_by_name_or_id(value):
 
 
 class ModelFilter(BaseFilterBackend):
-    """``?type=checkpoint|lora&search=…`` (name or description)."""
+    """``?type=checkpoint|lora|upscale_model&search=…`` (name or description)."""
 
     def filter_queryset(self, request, queryset, view):
         data = {key: request.query_params.get(key) for key in ("type", "search") if key in request.query_params}
@@ -116,7 +116,7 @@ class ModelFilter(BaseFilterBackend):
 
     def get_schema_operation_parameters(self, view):
         return [
-            _param("type", "checkpoint or lora.", {"type": "string", "enum": ModelType.values}),
+            _param("type", f"One of {', '.join(ModelType.values)}.", {"type": "string", "enum": ModelType.values}),
             _param("search", "Every word must appear in the name or the description.",
                    {"type": "string", "maxLength": 200}),
         ]

@@ -1,18 +1,22 @@
-"""API v1 routes: one router for the request and model viewsets, plus auth and staff views."""
+"""API v1 routes: the root (links), one router for the request and model viewsets, auth and staff views."""
 
 from django.urls import path, re_path
 from rest_framework.routers import DefaultRouter
 
-from generation.api import views
+from generation.api import root, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
+# no undocumented ".json" twins of every route: they reached the image actions with a `format`
+# argument those do not take (a 500 found by the schema fuzzer)
+router.include_format_suffixes = False
 router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
 router.register("comfyui/workflows", views.WorkflowViewSet, basename="workflow")
 router.register("comfyui/inputs", views.InputImageViewSet, basename="input")
 router.register("comfyui", views.GenerationViewSet, basename="generation")
 
 urlpatterns = [
+    path("", root.ApiRootView.as_view(), name="api-root"),
     path("comfyui/backends/", views.BackendsView.as_view(), name="backends"),
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
     path("auth/webhook-secret/", views.WebhookSecretView.as_view(), name="webhook-secret"),

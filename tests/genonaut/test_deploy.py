@@ -49,6 +49,23 @@ def test_check_deploy_catches_a_weakened_setting(tmp_path):
     assert "security.W008" in result.stdout + result.stderr
 
 
+def test_check_deploy_fails_without_a_comfyui_backend(tmp_path):
+    env = documented_env(tmp_path)
+    del env["COMFYUI_URL"]
+    result = manage(env, "check", "--deploy")
+    assert result.returncode != 0
+    assert "(generation.E001) COMFYUI_URL is not set" in result.stderr
+
+
+def test_a_worker_without_a_comfyui_backend_refuses_to_start(tmp_path):
+    """qcluster runs the system checks too: it exits at once instead of idling with no backend."""
+    env = documented_env(tmp_path, REDIS_URL="redis://127.0.0.1:9/0")  # never reached: the check stops it first
+    del env["COMFYUI_URL"]
+    result = manage(env, "qcluster")
+    assert result.returncode != 0
+    assert "generation.E001" in result.stderr
+
+
 def test_documented_env_names_only_variables_settings_reads():
     settings_source = (ROOT / "genonaut" / "settings.py").read_text()
     read_by_boto3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -92,13 +109,15 @@ def _free_port():
 
 
 @pytest.fixture
-def gunicorn_server(tmp_path, settings, django_db_setup, django_db_blocker):
-    """gunicorn with the documented config and env, on the test database and Redis db 13."""
+def gunicorn_server(tmp_path, settings, django_db_setup, django_db_blocker, simulator):
+    """gunicorn with the documented config and env, on the test database and Redis db 13; its backends are
+    the simulator and an address where nothing listens."""
     port = _free_port()
     db = settings.DATABASES["default"]
     env = documented_env(tmp_path,
                          DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
                          REDIS_URL=os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/13"),
+                         COMFYUI_URL=f"http://127.0.0.1:9,{simulator.url}",
                          GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port} --workers 2")
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "deploy/gunicorn.conf.py",
@@ -125,17 +144,17 @@ def gunicorn_server(tmp_path, settings, django_db_setup, django_db_blocker):
 
 
 @pytest.mark.integration
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # gunicorn commits the backends' rows: flush them afterwards
 def test_gunicorn_serves_probes_and_redirects_plain_http(gunicorn_server):
     host = {"Host": "genonaut.example.com"}
     live = requests.get(gunicorn_server + "/healthz", headers=host, timeout=5, allow_redirects=False)
     assert live.status_code == 200 and live.json() == {"status": "ok"}
 
     ready = requests.get(gunicorn_server + "/readyz", headers=host, timeout=5, allow_redirects=False)
-    assert ready.status_code == 200, ready.text
+    assert ready.status_code == 200, ready.text  # it asked both backends; the simulator answered
     body = ready.json()
     assert body["database"] == "ok" and body["broker"] == "ok (redis)"
-    assert body["backends"]["total"] == 4
+    assert body["backends"]["total"] == 2 and body["backends"]["answering"] == [2]
 
     # Plain HTTP to anything else is sent to HTTPS; a request the proxy marks https is served.
     page = requests.get(gunicorn_server + "/api/v1/", headers=host, timeout=5, allow_redirects=False)

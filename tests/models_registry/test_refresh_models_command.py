@@ -21,8 +21,9 @@ def models_dir(tmp_path, settings):
     write_safetensors(root / "checkpoints" / "a" / "sd15.safetensors", tensors=SD15_TENSORS)
     write_safetensors(root / "loras" / "l.safetensors")
     (root / "loras" / "corrupt.safetensors").write_bytes(b"\x00" * 3)
+    (root / "upscale_models").mkdir()  # every ComfyUI models/ folder has one
     settings.COMFYUI_MODELS_DIR = str(root)
-    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = []
+    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = settings.COMFYUI_UPSCALE_MODELS_DIRS = []
     settings.COMFYUI_BACKENDS = []
     return root
 

@@ -18,7 +18,7 @@ from tests.models_registry.safetensors_files import SD15_TENSORS, SDXL_LORA_TENS
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-protocol"
 
-CKPT, LORA = ModelType.CHECKPOINT, ModelType.LORA
+CKPT, LORA, UPSCALE = ModelType.CHECKPOINT, ModelType.LORA, ModelType.UPSCALE_MODEL
 
 
 @pytest.fixture
@@ -34,9 +34,11 @@ def models_dir(tmp_path, settings):
     write_safetensors(root / "loras" / "style" / "tiny.safetensors", tensors=SDXL_LORA_TENSORS,
                       metadata={"ss_tag_frequency": json.dumps({"10_tiny": {"tinystyle": 9, "glow": 2}})})
     (root / "loras" / "broken.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    (root / "upscale_models").mkdir()  # every ComfyUI models/ folder has one
     settings.COMFYUI_MODELS_DIR = str(root)
     settings.COMFYUI_CHECKPOINTS_DIRS = []
     settings.COMFYUI_LORAS_DIRS = []
+    settings.COMFYUI_UPSCALE_MODELS_DIRS = []
     settings.COMFYUI_BACKENDS = []
     return root
 
@@ -205,7 +207,7 @@ def test_symlink_loop_ends(db, models_dir):
 
 def test_nothing_configured_or_every_source_failing_raises(db, settings, tmp_path):
     settings.COMFYUI_MODELS_DIR = ""
-    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = []
+    settings.COMFYUI_CHECKPOINTS_DIRS = settings.COMFYUI_LORAS_DIRS = settings.COMFYUI_UPSCALE_MODELS_DIRS = []
     settings.COMFYUI_BACKENDS = []
     with pytest.raises(RefreshFailed, match="nothing to refresh"):
         refresh_models()
@@ -247,20 +249,32 @@ class FakeComfyModels(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def comfy_models_server():
+def comfy_models_server_factory():
+    """``factory(listing)``: a ComfyUI-shaped ``/models/{folder}`` server on a free loopback port."""
+    started = []
+
+    def factory(listing):
+        handler = type("Handler", (FakeComfyModels,), {"listing": listing})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        server.url = f"http://127.0.0.1:{server.server_address[1]}"
+        server.handler = handler
+        started.append((server, thread))
+        return server
+
+    yield factory
+    for server, thread in started:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def comfy_models_server(comfy_models_server_factory):
     recorded = json.loads((PROTOCOL / "misc-get-endpoints-idle.json").read_text())
-    handler = type("Handler", (FakeComfyModels,), {
-        "listing": {"checkpoints": list(recorded["/models/checkpoints"]["body"]),
-                    "loras": list(recorded["/models/loras"]["body"])}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    server.handler = handler
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    return comfy_models_server_factory({"checkpoints": list(recorded["/models/checkpoints"]["body"]),
+                                        "loras": list(recorded["/models/loras"]["body"])})
 
 
 def test_api_source_registers_what_the_backend_lists(db, settings, comfy_models_server):
@@ -357,8 +371,9 @@ def test_api_source_against_the_simulator(db, settings, simulator):
     settings.COMFYUI_MODELS_DIR = ""
     settings.COMFYUI_BACKENDS = [{"url": simulator.url, "capacity": 1}]
     result = refresh_models(source="api")
-    assert result.errors == [] and result.sources_ok == 2
+    assert result.errors == [] and result.sources_ok == 3  # checkpoints, loras, upscale_models
     assert "styles/watercolor.safetensors" in names(LORA)
+    assert backends_of(LORA, "styles/watercolor.safetensors") == [simulator.url]
     assert "tiny-sd15-random.safetensors" in names(CKPT)
     simulator.configure(checkpoints=["tiny-sd15-random.safetensors"], loras=[])
     result = refresh_models(source="api")
@@ -386,3 +401,118 @@ def test_concurrent_refreshes_register_each_model_once(models_dir):
     assert errors == []
     assert sorted(len(r.added) for r in results) == [0, 5]
     assert AvailableModel.objects.count() == 5
+
+
+# --- upscale models ----------------------------------------------------------------------------------
+
+def test_upscale_models_are_scanned_from_their_folder_and_extra_folders(db, models_dir, tmp_path, settings):
+    (models_dir / "upscale_models" / "4x-UltraSharp.pth").write_bytes(b"pickled esrgan weights")
+    write_safetensors(models_dir / "upscale_models" / "esrgan" / "RealESRGAN_x4plus.safetensors",
+                      tensors={"conv_first.weight": 4})
+    extra = tmp_path / "more-upscalers"
+    (extra / "2x-Lanczos-ish.pt").parent.mkdir()
+    (extra / "2x-Lanczos-ish.pt").write_bytes(b"weights")
+    settings.COMFYUI_UPSCALE_MODELS_DIRS = [str(extra)]
+    result = refresh_models(source="folders")
+    assert names(UPSCALE) == ["2x-Lanczos-ish.pt", "4x-UltraSharp.pth", "esrgan/RealESRGAN_x4plus.safetensors"]
+    assert "upscale_model:4x-UltraSharp.pth" in result.added
+    model = AvailableModel.objects.get(type=UPSCALE, name="esrgan/RealESRGAN_x4plus.safetensors")
+    assert model.header_error == "" and model.is_present and model.backends is None  # no backend asked
+    (models_dir / "upscale_models" / "4x-UltraSharp.pth").unlink()
+    assert refresh_models(source="folders").missing == ["upscale_model:4x-UltraSharp.pth"]
+
+
+def test_upscale_models_are_discovered_from_a_backend(db, settings, comfy_models_server_factory):
+    settings.COMFYUI_MODELS_DIR = ""
+    server = comfy_models_server_factory({"checkpoints": ["base.safetensors"], "loras": [],
+                                          "upscale_models": ["4x-UltraSharp.pth"]})
+    settings.COMFYUI_BACKENDS = [{"url": server.url, "capacity": 1}]
+    result = refresh_models(source="api")
+    assert result.sources_ok == 3 and result.errors == []
+    assert names(UPSCALE) == ["4x-UltraSharp.pth"]
+    assert AvailableModel.objects.get(type=UPSCALE).backends == [server.url]
+
+
+def test_a_backend_without_the_upscale_folder_lists_none(db, settings, comfy_models_server_factory):
+    """ComfyUI answers 404 for a folder it does not have: an empty listing, not a failure."""
+    settings.COMFYUI_MODELS_DIR = ""
+    server = comfy_models_server_factory({"checkpoints": ["base.safetensors"], "loras": []})
+    result = refresh_models(source="api", backends=[server.url])
+    assert result.errors == [] and names(UPSCALE) == []
+
+
+# --- which backend has which model ---------------------------------------------------------------------
+
+def backends_of(model_type, name):
+    return AvailableModel.objects.get(type=model_type, name=name).backends
+
+
+def test_each_model_records_the_backends_that_list_it(db, settings, comfy_models_server_factory):
+    settings.COMFYUI_MODELS_DIR = ""
+    gpu1 = comfy_models_server_factory({"checkpoints": ["base.safetensors", "xl.safetensors"], "loras": ["ink"]})
+    gpu2 = comfy_models_server_factory({"checkpoints": ["base.safetensors"], "loras": []})
+    settings.COMFYUI_BACKENDS = [{"url": gpu1.url, "capacity": 1}, {"url": gpu2.url, "capacity": 1}]
+    refresh_models(source="api")
+    assert backends_of(CKPT, "base.safetensors") == sorted([gpu1.url, gpu2.url])
+    assert backends_of(CKPT, "xl.safetensors") == [gpu1.url]
+    assert backends_of(LORA, "ink") == [gpu1.url]
+
+    # xl moves to gpu2: presence follows each backend's latest listing
+    gpu1.handler.listing = {"checkpoints": ["base.safetensors"], "loras": ["ink"]}
+    gpu2.handler.listing = {"checkpoints": ["base.safetensors", "xl.safetensors"], "loras": []}
+    result = refresh_models(source="api")
+    assert backends_of(CKPT, "xl.safetensors") == [gpu2.url]
+    assert result.updated == ["checkpoint:xl.safetensors"]
+
+    # gpu2 stops answering: what it said last time stands, gpu1's fresh listing still counts
+    gpu2.handler.status = 500
+    gpu1.handler.listing = {"checkpoints": [], "loras": ["ink"]}
+    result = refresh_models(source="api")
+    assert any(gpu2.url in problem for problem in result.errors)
+    assert backends_of(CKPT, "xl.safetensors") == [gpu2.url]
+    assert backends_of(CKPT, "base.safetensors") == [gpu2.url]
+    assert AvailableModel.objects.get(name="base.safetensors").is_present  # a source failed: not marked missing
+
+
+def test_a_model_no_backend_lists_any_more_is_on_none_then_gone(db, settings, comfy_models_server_factory):
+    settings.COMFYUI_MODELS_DIR = ""
+    gpu1 = comfy_models_server_factory({"checkpoints": ["base.safetensors", "old.safetensors"], "loras": []})
+    refresh_models(source="api", backends=[gpu1.url])
+    gpu1.handler.listing = {"checkpoints": ["base.safetensors"], "loras": []}
+    result = refresh_models(source="api", backends=[gpu1.url])
+    assert result.missing == ["checkpoint:old.safetensors"]
+    old = AvailableModel.objects.get(name="old.safetensors")
+    assert old.backends == [] and not old.is_present
+
+
+def test_a_backend_removed_from_the_configuration_is_forgotten(db, settings, comfy_models_server_factory):
+    settings.COMFYUI_MODELS_DIR = ""
+    gpu1 = comfy_models_server_factory({"checkpoints": ["base.safetensors"], "loras": []})
+    gpu2 = comfy_models_server_factory({"checkpoints": ["base.safetensors"], "loras": []})
+    settings.COMFYUI_BACKENDS = [{"url": gpu1.url, "capacity": 1}, {"url": gpu2.url, "capacity": 1}]
+    refresh_models(source="api")
+    # asking one backend by hand (refresh_models --url) keeps what the other configured one said
+    refresh_models(source="api", backends=[gpu1.url])
+    assert backends_of(CKPT, "base.safetensors") == sorted([gpu1.url, gpu2.url])
+    settings.COMFYUI_BACKENDS = [{"url": gpu1.url, "capacity": 1}]
+    refresh_models(source="api")
+    assert backends_of(CKPT, "base.safetensors") == [gpu1.url]
+
+
+def test_folder_models_are_not_known_per_backend_until_a_listing_is_read(db, models_dir, comfy_models_server):
+    refresh_models(source="folders")
+    assert backends_of(CKPT, "sd15.safetensors") is None
+    # the backend answers and does not list it: known to be on none (it would fail there)
+    refresh_models(backends=[comfy_models_server.url])
+    assert backends_of(CKPT, "sd15.safetensors") == []
+    assert backends_of(CKPT, "tiny-sd15-random.safetensors") == [comfy_models_server.url]
+    # a folders-only refresh reads no listing: per-backend presence is kept as it was
+    refresh_models(source="folders")
+    assert backends_of(CKPT, "tiny-sd15-random.safetensors") == [comfy_models_server.url]
+
+
+def test_not_known_stays_not_known_while_a_backend_does_not_answer(db, models_dir, comfy_models_server):
+    refresh_models(source="folders")
+    result = refresh_models(backends=[comfy_models_server.url, "http://127.0.0.1:9"])
+    assert result.errors
+    assert backends_of(CKPT, "sd15.safetensors") is None  # the silent backend might have it

@@ -1,4 +1,4 @@
-"""``manage.py refresh_models``: register the checkpoints and LoRAs ComfyUI can see."""
+"""``manage.py refresh_models``: register the checkpoints, LoRAs and upscale models ComfyUI can see."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -6,8 +6,9 @@ from models_registry.services import SOURCES, RefreshFailed, model_folders, refr
 
 
 class Command(BaseCommand):
-    help = ("Scan ComfyUI's model folders and/or ask its API which checkpoints and LoRAs exist, and update the "
-            "registry. Vanished models are marked not present, never deleted.")
+    help = ("Scan ComfyUI's model folders and/or ask its API which checkpoints, LoRAs and upscale models exist, and "
+            "update the registry (and on which backends each is). Vanished models are marked not present, never "
+            "deleted.")
 
     def add_arguments(self, parser):
         parser.add_argument("--source", choices=SOURCES, default="both",

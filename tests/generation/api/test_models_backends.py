@@ -29,6 +29,13 @@ def test_models_filter_by_type_and_search(api, checkpoint, lora):
     assert response.status_code == 400 and "type" in response.json()["error"]["fields"]
 
 
+def test_models_filter_by_upscale_model_type(api, checkpoint):
+    upscaler = AvailableModel.objects.create(name="4x-UltraSharp.pth", type=ModelType.UPSCALE_MODEL)
+    body = api.get(MODELS, {"type": "upscale_model"}).json()
+    assert [(m["name"], m["type"]) for m in body] == [(upscaler.name, "upscale_model")]
+    assert upscaler.name not in [m["name"] for m in api.get(MODELS, {"type": "checkpoint"}).json()]
+
+
 def test_backends_overview_for_staff(client_for, staff_user, settings):
     settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 3}]
     BackendState.objects.create(url="http://127.0.0.1:9", capacity=3, is_healthy=False, last_error="refused")
