@@ -25,8 +25,8 @@ from generation.forms import GenerateForm
 from generation.models import InputImage
 from generation.states import Status
 from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, get_workflow
-from generation.workflows.fields import Image, offered_models
-from models_registry.models import ModelType
+from generation.workflows.fields import Image
+from models_registry.models import ModelType, offered_models
 
 HISTORY_PAGE_SIZE = 24
 SORTS = {"newest": True, "oldest": False}

@@ -12,6 +12,16 @@ class ModelType(models.TextChoices):
     UPSCALE_MODEL = "upscale_model", "Upscale model"
 
 
+# ComfyUI's model folder for each type: what /models/<folder> lists and a loader's file list is called
+COMFYUI_FOLDERS = {ModelType.CHECKPOINT: "checkpoints", ModelType.LORA: "loras",
+                   ModelType.UPSCALE_MODEL: "upscale_models"}
+
+
+def offered_models(model_type):
+    """Models users may choose: active and present on the last refresh (the one query for it)."""
+    return AvailableModel.objects.filter(type=model_type, is_active=True, is_present=True)
+
+
 class AvailableModel(models.Model):
     """A model file as ComfyUI knows it (``name`` is what goes into the workflow).
 

@@ -23,15 +23,12 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from models_registry.models import AvailableModel, ModelType
+from models_registry.models import COMFYUI_FOLDERS, AvailableModel, ModelType
 from models_registry.safetensors import NATIVE_RESOLUTION, SafetensorsError, read_safetensors_info
 
 logger = logging.getLogger(__name__)
 
 MODEL_EXTENSIONS = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin"})
-# ComfyUI's folder names under models/ and in its /models/{folder} API, per model type.
-COMFYUI_FOLDER = {ModelType.CHECKPOINT: "checkpoints", ModelType.LORA: "loras",
-                  ModelType.UPSCALE_MODEL: "upscale_models"}
 SOURCES = ("folders", "api", "both")
 HASH_CHUNK_BYTES = 1024 * 1024
 
@@ -103,7 +100,7 @@ def model_folders(models_dir=None):
     extra = {ModelType.CHECKPOINT: settings.COMFYUI_CHECKPOINTS_DIRS, ModelType.LORA: settings.COMFYUI_LORAS_DIRS,
              ModelType.UPSCALE_MODEL: settings.COMFYUI_UPSCALE_MODELS_DIRS}
     return {model_type: ([Path(models_dir) / folder] if models_dir else []) + [Path(p) for p in extra[model_type]]
-            for model_type, folder in COMFYUI_FOLDER.items()}
+            for model_type, folder in COMFYUI_FOLDERS.items()}
 
 
 def backend_urls():
@@ -222,7 +219,7 @@ def _ask_backend(scan, url):
         scan.problems.append(f"ComfyUI URL {url!r} is not an http(s) URL")
         return
     client = ComfyUIClient(url, retries=1)  # someone is waiting for the listing: fail fast, report it
-    for model_type, folder in COMFYUI_FOLDER.items():
+    for model_type, folder in COMFYUI_FOLDERS.items():
         try:
             names = client.models(folder)
         except (ComfyUIError, OSError, ValueError) as exc:
@@ -236,6 +233,19 @@ def _ask_backend(scan, url):
         scan.listings.setdefault(model_type, {})[url] = names
         for name in names:
             scan.add(_Found(name=name, type=model_type))
+    _record_capabilities(url, client)
+
+
+def _record_capabilities(url, client):
+    """What dispatch reads: the backend's node classes and model lists (its ``/object_info``)."""
+    from generation.backends import refresh_capabilities, sync_backends
+    from generation.comfyui.errors import ComfyUIError
+
+    try:
+        sync_backends()
+        refresh_capabilities(url, client)
+    except (ComfyUIError, OSError, ValueError) as exc:  # dispatch checks the live object_info anyway
+        logger.warning("ComfyUI at %s did not answer /object_info; its capabilities stay as they were: %s", url, exc)
 
 
 # --- applying a scan -------------------------------------------------------------------------------
@@ -411,7 +421,7 @@ def _check_remote(model, backends, listings):
     from generation.comfyui.client import ComfyUIClient
     from generation.comfyui.errors import ComfyUIError
 
-    folder = COMFYUI_FOLDER[model.type]
+    folder = COMFYUI_FOLDERS[model.type]
     if not backends:
         return HealthReport(model, False, "no local file and no ComfyUI backend configured")
     problems = []

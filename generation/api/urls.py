@@ -21,5 +21,5 @@ urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
     path("auth/webhook-secret/", views.WebhookSecretView.as_view(), name="webhook-secret"),
     *router.urls,
-    re_path(r"^.*$", views.not_found, name="api-not-found"),
+    re_path(r"^[\s\S]*$", views.not_found, name="api-not-found"),  # [\s\S]: a newline in the path too
 ]

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from generation.comfyui.object_info import recorded_object_info
-from models_registry.models import AvailableModel, ModelType
+from models_registry.models import COMFYUI_FOLDERS, ModelType, offered_models
 
 MISSING = object()  # an input that was not sent at all (``None`` was sent)
 
@@ -30,20 +30,12 @@ SEED_MAX = 18446744073709551615  # ComfyUI's sampler seeds are unsigned 64-bit i
 RANDOM_SEED = -1
 RANDOM_SEED_BOUND = 2**53  # drawn seeds stay exact in JavaScript too
 
-# ComfyUI's model folder for each model type (what a loader's file list is called)
-MODEL_FOLDERS = {ModelType.CHECKPOINT: "checkpoints", ModelType.LORA: "loras"}
-if hasattr(ModelType, "UPSCALE_MODEL"):
-    MODEL_FOLDERS[ModelType.UPSCALE_MODEL] = "upscale_models"
+MODEL_FOLDERS = COMFYUI_FOLDERS
 
 
 def draw_seed():
     """A random seed: the one place seeds are drawn."""
     return secrets.randbelow(RANDOM_SEED_BOUND)
-
-
-def offered_models(model_type):
-    """Models users may choose: active and present on the last refresh."""
-    return AvailableModel.objects.filter(type=model_type, is_active=True, is_present=True)
 
 
 def offered_names(model_type):

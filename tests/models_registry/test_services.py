@@ -100,7 +100,7 @@ def test_removed_file_is_marked_missing_then_present_again(db, models_dir):
 
 
 def names_offered(model_type):
-    from generation.workflows.fields import offered_models
+    from models_registry.models import offered_models
 
     return set(offered_models(model_type).values_list("name", flat=True))
 

@@ -6,8 +6,8 @@ import pytest
 from generation.errors import ParamsInvalid
 from generation.services import prepare_submission
 from generation.workflows import get_workflow
-from generation.workflows.fields import SEED_MAX, Context, offered_models
-from models_registry.models import AvailableModel, ModelType
+from generation.workflows.fields import SEED_MAX, Context
+from models_registry.models import AvailableModel, ModelType, offered_models
 
 SAMPLER_DEFAULTS = {"seed": -1, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
                     "denoise": 1.0}
