@@ -48,7 +48,7 @@ from generation.storage import (
     thumbnail_path,
 )
 from generation.thumbnails import make_thumbnails
-from generation.workflows import check_graph
+from generation.workflows import InputFile, check_graph
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ class JobRunner:
             filename = record.path.rsplit("/", 1)[-1]
             answer = self.client.upload_image(data, name=filename, subfolder=INPUT_SUBFOLDER, overwrite=True)
             subfolder = answer.get("subfolder") or ""
-            names[path] = f"{subfolder}/{answer['name']}" if subfolder else answer["name"]
+            name = f"{subfolder}/{answer['name']}" if subfolder else answer["name"]
+            names[path] = InputFile(name, record.width, record.height)
         return names
 
     def follow(self, events, graph):

@@ -11,9 +11,9 @@ from functools import lru_cache
 
 from generation.errors import ParamsInvalid
 from generation.workflows import builtin
-from generation.workflows.base import Requirements, Summary, Workflow, check_graph
+from generation.workflows.base import InputFile, Requirements, Summary, Workflow, check_graph
 
-__all__ = ["DEFAULT_WORKFLOW", "Requirements", "Summary", "UnknownWorkflow", "Workflow", "all_workflows",
+__all__ = ["DEFAULT_WORKFLOW", "InputFile", "Requirements", "Summary", "UnknownWorkflow", "Workflow", "all_workflows",
            "check_graph", "get_workflow"]
 
 DEFAULT_WORKFLOW = "txt2img"

@@ -9,7 +9,7 @@ Genonaut (services, runner, dispatcher, API, forms) talks to it only through :cl
 - ``summary(params, ctx)``: the few values stored in real columns for history lists, filters and
   dispatch (:class:`Summary`);
 - ``build(params, files=…, filename_prefix=…)``: the API-format graph (``files`` maps each input
-  image parameter to the name it has on the chosen backend);
+  image parameter to an :class:`InputFile`: its name on the chosen backend and its size);
 - ``input_files(params)``, ``model_references(params)``, ``requirements(params)``: what the graph
   needs on a backend (files to upload, model files, node classes);
 - ``output_nodes(graph)``, ``progress_weights(graph)``: where results appear and how per-node
@@ -33,6 +33,15 @@ STEPPED_NODE_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom
                                   "ImageUpscaleWithModel"})
 STEPPED_SHARE = 0.85  # of the progress bar: stepped nodes (sampling) dominate a run's time
 PLACEHOLDER_FILE = "genonaut/placeholder.png"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input image as a graph sees it: its name in the backend's ``input/`` folder, and its size."""
+
+    name: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,8 @@ class Workflow:
         return self.parameters.model_references(params)
 
     def requirements(self, params):
-        graph = self.build(params, files={path: PLACEHOLDER_FILE for path in self.input_files(params)},
+        graph = self.build(params, files={path: InputFile(PLACEHOLDER_FILE, 512, 512)
+                                          for path in self.input_files(params)},
                            filename_prefix="genonaut/requirements")
         models = [(MODEL_FOLDERS[model_type], name) for model_type, name in self.model_references(params)]
         return Requirements.of({node["class_type"] for node in graph.values()}, models)

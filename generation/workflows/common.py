@@ -119,10 +119,24 @@ def save(graph, *, save_id, images, filename_prefix):
     graph[save_id] = {"class_type": "SaveImage", "inputs": {"filename_prefix": filename_prefix, "images": list(images)}}
 
 
-def load_image(graph, node_id, *, name):
-    """LoadImage of an uploaded input (outputs: IMAGE 0, MASK 1 = where alpha is 0)."""
-    graph[node_id] = {"class_type": "LoadImage", "inputs": {"image": name}}
+def load_image(graph, node_id, *, file):
+    """LoadImage of an uploaded input (an :class:`InputFile`; outputs: IMAGE 0, MASK 1 = where alpha is 0)."""
+    graph[node_id] = {"class_type": "LoadImage", "inputs": {"image": file.name}}
     return [node_id, 0], [node_id, 1]
+
+
+def encoded_size(image):
+    """The size VAEEncode works at: the image cropped to multiples of 8."""
+    return image.width // 8 * 8, image.height // 8 * 8
+
+
+def check_input_size(errors, ctx, path):
+    """An input image must be at least 16 pixels a side once cropped to multiples of 8."""
+    width, height = encoded_size(ctx.prepared[path])
+    if min(width, height) < 16:
+        errors.add(path, "The image is too small: at least 16 × 16 pixels are needed.")
+        return False
+    return True
 
 
 # --- A1111 text ---------------------------------------------------------------------------------------
@@ -138,10 +152,11 @@ def sampler_pairs(sampler, *, prefix=""):
 
 
 def diffusion_text(params, *, size, extra=(), denoise=True):
-    """The A1111 ``parameters`` text of a checkpoint workflow (prompt, sampler, model, LoRAs)."""
+    """The A1111 ``parameters`` text of a checkpoint workflow (prompt, sampler, model, LoRAs);
+    ``size`` None leaves the size out (an image-to-image result has its input's size)."""
     sampler = params.get(SAMPLER_GROUP) or {}
-    pairs = [*sampler_pairs(sampler), ("Seed", sampler.get("seed")), ("Size", f"{size[0]}x{size[1]}"),
-             ("Model", params.get("checkpoint_model"))]
+    pairs = [*sampler_pairs(sampler), ("Seed", sampler.get("seed")),
+             ("Size", f"{size[0]}x{size[1]}" if size else None), ("Model", params.get("checkpoint_model"))]
     if denoise:
         pairs.append(("Denoising strength", sampler.get("denoise")))
     pairs += list(extra)

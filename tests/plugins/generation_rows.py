@@ -6,12 +6,14 @@ import io
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from generation.models import GenerationRequest
+from generation import inputs
+from generation.models import GenerationRequest, InputImage
 from generation.states import TERMINAL, Status
 from generation.storage import image_path, thumbnail_path
 
@@ -83,6 +85,29 @@ def make_generation(db, checkpoint):
         return request
 
     return make
+
+
+def image_bytes(width=64, height=48, *, mode="RGB", color=(200, 30, 30), fmt="PNG", transparent_box=None):
+    """An encoded image; ``transparent_box`` (l, t, r, b) makes that area fully transparent (RGBA)."""
+    image = Image.new(mode, (width, height), color if mode != "RGBA" else (*color[:3], 255))
+    if transparent_box:
+        image = image.convert("RGBA")
+        image.paste((0, 0, 0, 0), transparent_box)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def stored_input(db):
+    """``stored_input(user, width, height, …)``: an InputImage of ``user``'s, as an upload stores it."""
+
+    def store(user, width=64, height=48, *, kind=InputImage.Kind.IMAGE, **options):
+        upload = SimpleUploadedFile("in.png", image_bytes(width, height, **options), content_type="image/png")
+        record, _ = inputs.store_upload(user=user, upload=upload, kind=kind)
+        return record
+
+    return store
 
 
 @pytest.fixture(scope="session")
