@@ -31,7 +31,7 @@ from aiohttp import WSMsgType, web
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from generation.comfyui.object_info import RECORDED_OBJECT_INFO
-from generation.comfyui.validation import validate_prompt
+from generation.comfyui.validation import file_exists_check, validate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ class Simulator:
             return 400, {"error": error, "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
-        result = validate_prompt(prompt, self.object_info(), body.get("partial_execution_targets"))
+        result = validate_prompt(prompt, self.object_info(), body.get("partial_execution_targets"),
+                                 custom_checks=file_exists_check(self._file_exists))
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
@@ -290,6 +291,10 @@ class Simulator:
         self.submissions[prompt_id] += 1
         self.wakeup.set()
         return 200, {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
+
+    def _file_exists(self, folder, path):
+        subfolder, _, filename = path.rpartition("/")
+        return (folder, subfolder, filename) in self.files
 
     def _take_next(self):
         if not self.pending:
