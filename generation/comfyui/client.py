@@ -317,7 +317,7 @@ class EventStream:
                  max_reconnect_delay=5.0, unavailable_grace=5.0):
         self.client = client
         self.previews = previews
-        self.server_features = None  # the server's feature_flags answer, once received
+        self.server_features = None  # the server's feature_flags answer on the current socket
         self._executing_prompt = None  # prompt of the last execution frame: owner of legacy previews
         self.unavailable_grace = unavailable_grace
         self._unavailable_since = None
@@ -340,6 +340,7 @@ class EventStream:
             # (json.loads rejects anything malformed anyway).
             self.socket = websocket.create_connection(self.client.websocket_url(self.client_id),
                                                       timeout=self.client.timeout, skip_utf8_validation=True)
+            self.server_features = None
             if self.previews:  # ComfyUI reads feature flags only from a socket's first message
                 self.socket.send(PREVIEW_FEATURE_FLAGS)
             self._delay = self.reconnect_delay

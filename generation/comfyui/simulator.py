@@ -69,6 +69,7 @@ FAULT_DEFAULTS = {
     "prompt_delay": 0.0,  # seconds before POST /prompt answers, after the prompt is queued (client timeouts)
     "stall_rate": 0.0,  # share of executions that hang (running, silent) until interrupted or this is set to 0
     "stall_at_step": 1,  # a stalling execution hangs after this many steps of its first sampler
+    "upload_failures": 0,  # the next N uploads answer HTTP 500 (counts down), for retry paths
 }
 VIEW_TYPES = ("output", "input", "temp")
 SERVER_ERROR_BODY = "500 Internal Server Error\n\nServer got itself in trouble"
@@ -190,6 +191,8 @@ def check_faults(faults):
                 raise ValueError(f"fault {name} must be true or false")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"fault {name} must be a number >= 0")
+        elif isinstance(FAULT_DEFAULTS[name], int) and value != int(value):
+            raise ValueError(f"fault {name} must be a whole number")
 
 
 def custom_node_entry(spec):
@@ -1187,6 +1190,9 @@ def build_app(simulator):
     async def _upload(request, *, mask=False):
         """ComfyUI's ``image_upload``: any bytes are kept; a path leaving the folder or no file is a bare 400."""
         post = await request.post()
+        if sim.faults["upload_failures"]:
+            sim.faults["upload_failures"] -= 1
+            return web.Response(status=500, text=SERVER_ERROR_BODY)
         image = post.get("image")
         if not isinstance(image, web.FileField) or not image.filename:
             return _empty(400)
