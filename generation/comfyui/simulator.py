@@ -46,7 +46,7 @@ from generation.comfyui.simulator_graph import (
     preview_jpeg,
     render_placeholder,
 )
-from generation.comfyui.validation import file_exists_check, validate_prompt
+from generation.comfyui.validation import ANNOTATIONS, file_exists_check, validate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +283,14 @@ def _content_kind(name):
     return kind.split("/", 1)[0] if kind else None
 
 
+def _annotated(filename, kind):
+    """ComfyUI's ``annotated_filepath`` for /view and masks: ``name [output]`` names its folder itself."""
+    for suffix, annotated in ANNOTATIONS:
+        if filename.endswith(suffix):
+            return filename[: -len(suffix) - 1], annotated
+    return filename, kind
+
+
 def _stored(data):
     now = time.time()
     return StoredFile(data, f'"{int(now * 1e9):x}-{len(data):x}"', formatdate(now, usegmt=True),
@@ -449,7 +457,7 @@ class Simulator:
                 "queue_remaining": self.queue_remaining, "running": self.running.prompt_id if self.running else None,
                 "pending": [item.prompt_id for item in self.pending], "history_size": len(self.history),
                 "websockets": len(self.sockets), "faults": dict(self.faults), "stalled": self.stalled,
-                "uploads": self.uploads, "input_files": sorted(self.inputs), "previews_sent": self.previews_sent,
+                "uploads": self.uploads, "input_files": len(self.inputs), "previews_sent": self.previews_sent,
                 "step_time": self.options.step_time, "load_time": self.options.load_time}
 
     # --- files --------------------------------------------------------------------------
@@ -501,11 +509,7 @@ class Simulator:
 
         As in ComfyUI, an original that cannot be found (or a ref that leaves its folder) stores nothing.
         """
-        filename = original_ref.get("filename") or ""
-        kind = original_ref.get("type", "output")
-        for suffix, annotated in (("[output]", "output"), ("[input]", "input"), ("[temp]", "temp")):
-            if filename.endswith(suffix):
-                filename, kind = filename[: -len(suffix) - 1], annotated
+        filename, kind = _annotated(str(original_ref.get("filename") or ""), original_ref.get("type", "output"))
         if not filename or filename[0] == "/" or ".." in filename or kind not in VIEW_TYPES:
             return None
         path = _folder_path(original_ref.get("subfolder", ""), filename)
@@ -853,7 +857,7 @@ class Simulator:
         graph.outputs(node_id)  # sizes, files and memory are checked when the node runs, as in ComfyUI
         await self._pause(self.options.node_time)
         if kind in SAVE_NODES:
-            return {**await self._save(run, node_id, kind)}, (1.0, 1.0)
+            return await self._save(run, node_id, kind), (1.0, 1.0)
         return None, (1.0, 1.0)
 
     async def _load_checkpoint(self, name):
@@ -1196,10 +1200,9 @@ def build_app(simulator):
         image = post.get("image")
         if not isinstance(image, web.FileField) or not image.filename:
             return _empty(400)
-        folder = post.get("type") or "input"
-        if folder not in VIEW_TYPES:
+        folder, subfolder = post.get("type") or "input", post.get("subfolder", "")
+        if folder not in VIEW_TYPES or not isinstance(subfolder, str):
             return _empty(400)
-        subfolder = post.get("subfolder", "")
         data = image.file.read()
         if mask:
             try:
@@ -1218,10 +1221,7 @@ def build_app(simulator):
         filename = request.query.get("filename")
         if not filename:
             return _empty(404)
-        kind = request.query.get("type", "output")
-        for suffix, annotated in (("[output]", "output"), ("[input]", "input"), ("[temp]", "temp")):
-            if filename.endswith(suffix):
-                filename, kind = filename[: -len(suffix) - 1], annotated
+        filename, kind = _annotated(filename, request.query.get("type", "output"))
         subfolder = request.query.get("subfolder", "")
         if not filename or filename[0] == "/" or ".." in filename or kind not in VIEW_TYPES:
             return _empty(400)
@@ -1288,6 +1288,10 @@ def build_app(simulator):
     @routes.get("/_simulator/stats")
     async def control_stats(request):
         return web.json_response(sim.stats())
+
+    @routes.get("/_simulator/inputs")
+    async def control_inputs(request):
+        return web.json_response(sorted(sim.inputs))
 
     @routes.get("/_simulator/faults")
     async def control_get_faults(request):

@@ -25,6 +25,7 @@ SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerC
 CHECKPOINT_INPUT = "ckpt_name"  # every checkpoint loader names its file so
 DEFAULT_UPSCALE_FACTOR = 4
 DEFAULT_SIZE = 512  # what a node with no size of its own produces
+DEFAULT_SIGMAS = 21  # a SIGMAS of unknown origin: ComfyUI's default 20 steps
 MASK_FALLBACK = 64  # LoadImage's mask for an image without alpha is 64x64 zeros
 EMPTY_GRAY = (46, 46, 46)  # what an all-zero latent decodes to, roughly
 _UPSCALE_FACTOR_PATTERNS = (re.compile(r"(?<![a-z0-9])(\d+)x(?![a-z])"), re.compile(r"(?<![a-z0-9])x(\d+)"))
@@ -546,7 +547,7 @@ def _passthrough(graph, node_id, inputs):
                 denoise = _float(inputs.get("denoise"), 1.0)
                 values.append(Sigmas(_int(inputs["steps"], 1) + 1 if denoise > 0 else 0, min(1.0, denoise)))
             else:
-                values.append(next((v for v in inputs.values() if isinstance(v, Sigmas)), Sigmas(21)))
+                values.append(next((v for v in inputs.values() if isinstance(v, Sigmas)), Sigmas(DEFAULT_SIGMAS)))
         elif kind == "NOISE":
             values.append(Seed(_int(inputs.get("noise_seed", inputs.get("seed")), 0)))
         elif kind == "UPSCALE_MODEL":

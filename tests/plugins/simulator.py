@@ -10,8 +10,8 @@ reachable over TCP from the test, from a qcluster subprocess, from a browser. Us
   ``custom_nodes=[{...}]``, ``removed_nodes``, ``faults={...}``, ``seed``…), stopped after the test.
 
 The handle has ``.url``, ``.client()`` and the control helpers (``set_faults``, ``configure``,
-``restart``, ``reset``, ``stats``, ``submissions(id)``, ``executions(id)``, ``drop_websockets``,
-``wait_for``).
+``restart``, ``reset``, ``stats``, ``input_files``, ``submissions(id)``, ``executions(id)``,
+``drop_websockets``, ``wait_for``).
 """
 
 import json
@@ -89,6 +89,10 @@ class SimulatorProcess:
 
     def stats(self):
         return self.control("GET", "stats")
+
+    def input_files(self):
+        """Paths in the simulator's ``input/`` folder (uploads, ``example.png``), sorted."""
+        return self.control("GET", "inputs")
 
     def submissions(self, prompt_id):
         return self.stats()["submissions"].get(prompt_id, 0)

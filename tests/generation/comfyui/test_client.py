@@ -350,7 +350,7 @@ def test_upload_image_from_bytes_and_from_file_objects(simulator, tmp_path):
 
     reply = client.upload_image(io.BufferedReader(Unseekable()), name="streamed.png")
     assert viewed(client, reply) == data
-    assert simulator.stats()["input_files"] == ["a.png", "example.png", "genonaut/ab/a.png", "genonaut/big.png",
+    assert simulator.input_files() == ["a.png", "example.png", "genonaut/ab/a.png", "genonaut/big.png",
                                                 "streamed.png"]
 
 
@@ -386,7 +386,7 @@ def test_server_errors_on_upload_are_retried_from_the_start_of_the_file(simulato
     simulator.set_faults(upload_failures=3)
     with pytest.raises(BackendUnavailable, match="HTTP 500"):
         client.upload_image(data, name="given-up.png")
-    assert "given-up.png" not in simulator.stats()["input_files"]
+    assert "given-up.png" not in simulator.input_files()
 
 
 def test_an_unreachable_backend_makes_upload_raise_backend_unavailable():

@@ -122,11 +122,11 @@ def test_animated_outputs_are_real_multi_frame_files(simulator, node, inputs, ex
     with client.event_stream(client_id) as events:
         client.submit(graph, prompt_id=prompt_id, client_id=client_id, extra_data={"extra_pnginfo": {"workflow": {}}})
         seen = list(events.follow(prompt_id, idle_interval=0.2))
-    executed = next(e for e in seen if isinstance(e, ev.Executed))
-    assert executed.output == {"images": [{"filename": f"clip_00001_.{extension}", "subfolder": "anim",
-                                           "type": "output"}], "animated": [True]}
-    assert client.history(prompt_id)["outputs"]["9"] == executed.output
-    response = requests.get(f"{simulator.url}/view", params=executed.output["images"][0], timeout=5)
+    output = client.history(prompt_id)["outputs"]["9"]
+    assert output == {"images": [{"filename": f"clip_00001_.{extension}", "subfolder": "anim", "type": "output"}],
+                      "animated": [True]}
+    assert all(e.output == output for e in seen if isinstance(e, ev.Executed)), seen
+    response = requests.get(f"{simulator.url}/view", params=output["images"][0], timeout=5)
     assert response.headers["Content-Type"] == content_type
     picture = Image.open(io.BytesIO(response.content))
     assert (picture.n_frames, picture.is_animated, picture.size) == (3, True, (64, 40))

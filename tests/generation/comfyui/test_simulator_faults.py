@@ -245,9 +245,9 @@ def test_a_restart_keeps_uploaded_inputs_but_forgets_queue_and_history(simulator
     simulator.restart()
     assert client.locate(done).state == "unknown"
     prompt_id, seen, _ = run(client, graph)  # validates and loads the file kept on "disk"
-    assert isinstance(seen[-1], ev.ExecutionSuccess) and "genonaut/kept.png" in simulator.stats()["input_files"]
+    assert isinstance(seen[-1], ev.ExecutionSuccess) and "genonaut/kept.png" in simulator.input_files()
     simulator.reset()
-    assert simulator.stats()["input_files"] == ["example.png"]
+    assert simulator.input_files() == ["example.png"]
 
 
 def test_an_upload_that_is_not_an_image_fails_in_loadimage_at_run_time(simulator):
