@@ -526,7 +526,7 @@ class _SizedReader:
 
     def __init__(self, chunks, length):
         self._chunks = chunks
-        self._buffer = b""
+        self._chunk = memoryview(b"")
         self.length = length
 
     def __len__(self):
@@ -536,12 +536,15 @@ class _SizedReader:
         return self._chunks
 
     def read(self, size=-1):
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+        parts = []
+        while size != 0:
+            if not self._chunk:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._chunk = memoryview(chunk)
+            piece = self._chunk if size < 0 else self._chunk[:size]
+            self._chunk = self._chunk[len(piece):]
+            parts.append(piece)
+            size = size - len(piece) if size > 0 else size
+        return b"".join(parts)
