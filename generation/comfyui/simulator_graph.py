@@ -101,7 +101,7 @@ def upscale_factor(model_name):
     return DEFAULT_UPSCALE_FACTOR
 
 
-def describe_file(folder, path, data):
+def describe_file(folder, path, data, digest):
     """Decode ``data``'s header like LoadImage would; raises :class:`NodeFailed` when it is not an image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -110,10 +110,12 @@ def describe_file(folder, path, data):
             if image.getexif().get(0x0112) in (5, 6, 7, 8):  # exif_transpose turns these by 90°
                 width, height = height, width
             has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+    except Image.DecompressionBombError as exc:
+        raise NodeFailed("PIL.Image.DecompressionBombError", str(exc))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         kind = "PIL.UnidentifiedImageError" if isinstance(exc, UnidentifiedImageError) else type(exc).__name__
         raise NodeFailed(kind, f"cannot identify image file '<COMFYUI_DIR>/{folder}/{path}'")
-    return SourceFile(folder, path, hashlib.sha256(data).hexdigest(), width, height, frames, has_alpha)
+    return SourceFile(folder, path, digest, width, height, frames, has_alpha)
 
 
 class Graph:
@@ -144,7 +146,7 @@ class Graph:
             raise NodeFailed("FileNotFoundError", f"[Errno 2] No such file or directory: '<COMFYUI_DIR>/input/{name}'")
         key = (*location, stored.digest)
         if key not in self._sources:
-            self._sources[key] = (describe_file(*location, stored.data), stored.data)
+            self._sources[key] = (describe_file(*location, stored.data, stored.digest), stored.data)
         return self._sources[key][0]
 
     def read(self, folder, path, digest):
