@@ -326,6 +326,7 @@ class EventStream:
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.socket = None
+        self._buffered = []  # frames read while connecting, handed out first
         self.reconnects = 0
         self._next_connect = 0.0
         self._delay = reconnect_delay
@@ -335,17 +336,27 @@ class EventStream:
         return self.socket is not None
 
     def connect(self, *, raise_errors=True):
+        """Open the socket and wait for its first frame (``status``).
+
+        ComfyUI registers the client id before it sends that frame, so once it has arrived no
+        frame for this client can be sent to nobody (submitting right after the handshake could race).
+        """
+        socket = None
         try:
             # ComfyUI sends JSON text frames; skipping the pure-Python UTF-8 check saves ~16 ms CPU a job
             # (json.loads rejects anything malformed anyway).
-            self.socket = websocket.create_connection(self.client.websocket_url(self.client_id),
-                                                      timeout=self.client.timeout, skip_utf8_validation=True)
-            self.server_features = None
+            socket = websocket.create_connection(self.client.websocket_url(self.client_id),
+                                                 timeout=self.client.timeout, skip_utf8_validation=True)
             if self.previews:  # ComfyUI reads feature flags only from a socket's first message
-                self.socket.send(PREVIEW_FEATURE_FLAGS)
+                socket.send(PREVIEW_FEATURE_FLAGS)
+            self._buffered = [socket.recv()]
+            self.socket, self.server_features = socket, None
             self._delay = self.reconnect_delay
             return True
         except (OSError, websocket.WebSocketException) as exc:
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    socket.close()
             self.socket = None
             self._next_connect = time.monotonic() + self._delay
             self._delay = min(self._delay * 2, self.max_reconnect_delay)
@@ -368,7 +379,7 @@ class EventStream:
         """One parsed frame, None on timeout; drops the socket on any error."""
         self.socket.settimeout(max(timeout, 0.001))
         try:
-            frame = self.socket.recv()
+            frame = self._buffered.pop(0) if self._buffered else self.socket.recv()
         except websocket.WebSocketTimeoutException:
             return None
         except (OSError, websocket.WebSocketException):
