@@ -40,6 +40,7 @@ from PIL import Image, PngImagePlugin
 from generation.comfyui.object_info import RECORDED_OBJECT_INFO, parse_input_spec
 from generation.comfyui.simulator_graph import (
     CHECKPOINT_INPUT,
+    SAMPLERS,
     Graph,
     NodeFailed,
     Renderer,
@@ -777,7 +778,7 @@ class Simulator:
                 meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
                                  "real_node_id": node_id}
                 await announce("progress_state", run.node_state(node_id, 1, 1, "finished"))
-            if run.stall and not any(graph.sampler_steps(node_id) for node_id in order):
+            if run.stall and not any(graph.behaviour(node_id) in SAMPLERS for node_id in order):
                 await self._hang(prompt_id)  # nothing to hang in: it hangs before its first node
             for node_id in order:
                 class_type = prompt[node_id]["class_type"]
@@ -877,7 +878,7 @@ class Simulator:
         latent = run.graph.sampled(node_id)
         fail_at = self.rng.randint(1, steps) if run.fail and steps and not run.failed_once else None
         run.failed_once = run.failed_once or fail_at is not None
-        stall_after = min(int(self.faults["stall_at_step"]), steps) if run.stall and steps else None
+        stall_after = max(1, min(int(self.faults["stall_at_step"]), steps)) if run.stall and steps else None
         loop = asyncio.get_running_loop()
         for step in range(1, steps + 1):
             await self._pause(self.options.step_time)
