@@ -2,7 +2,8 @@
 
 Callers act on the type: ``BackendUnavailable`` is retried later (maybe elsewhere),
 ``WorkflowRejected`` is a permanent failure shown to the user, ``ExecutionFailed`` and
-``ExecutionInterrupted`` end one run, ``PromptUnknown`` means the backend lost the prompt.
+``ExecutionInterrupted`` end one run, ``PromptUnknown`` means the backend lost the prompt,
+``UploadRejected`` means the backend refused an input file (retrying the same upload will not help).
 """
 
 
@@ -67,6 +68,20 @@ class PromptUnknown(ComfyUIError):
 
 class OutputMissing(ComfyUIError):
     """``/view`` answered 404 (or 400) for an output file."""
+
+
+class UploadRejected(ComfyUIError):
+    """``POST /upload/image`` answered 4xx: a name or subfolder leaving the input folder, no file, too large.
+
+    ``status`` is the HTTP status; ``name``/``subfolder`` are what was sent.
+    """
+
+    def __init__(self, *, status, name, subfolder="", backend=""):
+        self.status = status
+        self.name = name
+        self.subfolder = subfolder
+        where = f"{subfolder}/{name}" if subfolder else name
+        super().__init__(f"ComfyUI refused the upload of {where!r} (HTTP {status})", backend=backend)
 
 
 def describe_rejection(error, node_errors):

@@ -2,9 +2,12 @@
 
 The shapes follow the frames recorded from ComfyUI 0.8.0 (``ws-*.jsonl``). ``Idle`` is not a
 ComfyUI message: the event iterator yields it when nothing happened for ``idle_interval``,
-so a caller can write heartbeats and check for cancellation.
+so a caller can write heartbeats and check for cancellation. Binary frames carry latent
+previews (:func:`parse_binary_frame`, layouts in the protocol README).
 """
 
+import json
+import struct
 from dataclasses import dataclass, field
 
 from generation.comfyui.errors import ExecutionFailed, ExecutionInterrupted
@@ -98,7 +101,24 @@ class Unknown(Event):
     data: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Preview(Event):
+    """A latent preview of a running sampler: ``data`` is the image, ``image_type`` its MIME type.
+
+    Legacy frames (type 1) name neither prompt nor node (``None``); frames with metadata (type 4,
+    sent when the socket declared ``supports_preview_metadata``) name both.
+    """
+
+    node: str | None = None
+    image_type: str = "image/jpeg"
+    data: bytes = b""
+
+
 TERMINAL = (ExecutionSuccess, ExecutionError, ExecutionInterruptedEvent)
+PREVIEW_IMAGE = 1  # ComfyUI's BinaryEventTypes
+PREVIEW_IMAGE_WITH_METADATA = 4
+LEGACY_IMAGE_TYPES = {1: "image/jpeg", 2: "image/png"}
+PREVIEW_IMAGE_TYPES = frozenset(LEGACY_IMAGE_TYPES.values())
 
 
 def parse_event(message):
@@ -133,6 +153,34 @@ def parse_event(message):
         return ExecutionInterruptedEvent(prompt_id=prompt_id, node_id=data.get("node_id"),
                                          node_type=data.get("node_type"))
     return Unknown(prompt_id=prompt_id, type=kind, data=data)
+
+
+def parse_binary_frame(frame):
+    """A :class:`Preview` from one binary websocket frame, or None for other or malformed frames.
+
+    Layout: a 4-byte big-endian event type, then for type 1 a 4-byte image type (1 JPEG, 2 PNG)
+    and the image, for type 4 a 4-byte length N, N bytes of JSON metadata and the image.
+    """
+    if len(frame) < 8:
+        return None
+    (event_type,) = struct.unpack_from(">I", frame)
+    if event_type == PREVIEW_IMAGE:
+        image_type = LEGACY_IMAGE_TYPES.get(struct.unpack_from(">I", frame, 4)[0])
+        return Preview(image_type=image_type, data=bytes(frame[8:])) if image_type else None
+    if event_type == PREVIEW_IMAGE_WITH_METADATA:
+        (length,) = struct.unpack_from(">I", frame, 4)
+        if len(frame) < 8 + length:
+            return None
+        try:
+            metadata = json.loads(frame[8:8 + length])
+        except ValueError:
+            return None
+        if not isinstance(metadata, dict) or metadata.get("image_type") not in PREVIEW_IMAGE_TYPES:
+            return None
+        node = metadata.get("node_id")
+        return Preview(prompt_id=metadata.get("prompt_id"), node=None if node is None else str(node),
+                       image_type=metadata["image_type"], data=bytes(frame[8 + length:]))
+    return None
 
 
 def outcome_from_history(prompt_id, entry):

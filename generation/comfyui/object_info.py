@@ -6,12 +6,19 @@ servers). Everything that needs a range or a list of choices asks this module, s
 shapes are handled in one place.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 RECORDED_OBJECT_INFO = Path(__file__).with_name("recorded") / "object_info-full.json"
+# model folder -> the loader input that lists it (the folder names are ComfyUI's, as in /models/<folder>)
+MODEL_LIST_INPUTS = {
+    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+    "loras": ("LoraLoader", "lora_name"),
+    "upscale_models": ("UpscaleModelLoader", "model_name"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,45 @@ def parse_input_spec(name, spec, *, required=True):
 
 
 class ObjectInfo:
-    """A backend's node catalogue (the parsed body of ``GET /object_info``)."""
+    """A backend's node catalogue (the parsed body of ``GET /object_info``).
 
-    def __init__(self, data):
+    ``fetched_at`` is the wall-clock time (epoch seconds) the client fetched it, None for the
+    recorded catalogue. Treat it as read-only: the client shares one instance between callers.
+    """
+
+    def __init__(self, data, *, fetched_at=None):
         self.data = data
+        self.fetched_at = fetched_at
 
     def has_node(self, class_type):
         return class_type in self.data
+
+    @cached_property
+    def node_classes(self):
+        """Every node class the backend offers (stock and custom)."""
+        return frozenset(self.data)
+
+    def model_lists(self):
+        """``{"checkpoints": [...], "loras": [...], "upscale_models": [...]}`` from the loaders' option lists.
+
+        A backend without the loader node (or without the input) has an empty list for that folder.
+        """
+        lists = {}
+        for folder, (class_type, name) in MODEL_LIST_INPUTS.items():
+            inputs = self.inputs(class_type) if self.has_node(class_type) else {}
+            lists[folder] = list(inputs[name].choices or ()) if name in inputs else []
+        return lists
+
+    @cached_property
+    def capabilities_digest(self):
+        """A hex digest of :attr:`node_classes` and :meth:`model_lists`: equal digests, equal capabilities.
+
+        Lets a caller record a backend's capabilities only when they changed (the digest ignores
+        ranges, descriptions and the input-file lists, which change with every upload).
+        """
+        lists = {folder: sorted(names) for folder, names in self.model_lists().items()}
+        payload = json.dumps({"nodes": sorted(self.node_classes), "models": lists}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def node(self, class_type):
         return self.data[class_type]
@@ -87,11 +126,15 @@ class ObjectInfo:
 
     @property
     def checkpoints(self):
-        return self.choices("CheckpointLoaderSimple", "ckpt_name") if self.has_node("CheckpointLoaderSimple") else ()
+        return tuple(self.model_lists()["checkpoints"])
 
     @property
     def loras(self):
-        return self.choices("LoraLoader", "lora_name") if self.has_node("LoraLoader") else ()
+        return tuple(self.model_lists()["loras"])
+
+    @property
+    def upscale_models(self):
+        return tuple(self.model_lists()["upscale_models"])
 
     @property
     def samplers(self):
@@ -104,5 +147,5 @@ class ObjectInfo:
 
 @lru_cache(maxsize=1)
 def recorded_object_info():
-    """The ``/object_info`` recorded from ComfyUI 0.8.0 (core nodes): offline ranges and lists."""
+    """The ``/object_info`` recorded from ComfyUI 0.8.0 (all 423 stock nodes): offline ranges and lists."""
     return ObjectInfo(json.loads(RECORDED_OBJECT_INFO.read_text()))

@@ -3,9 +3,12 @@
 It speaks the protocol recorded from ComfyUI 0.8.0 (``tests/fixtures/comfyui-protocol/``):
 ``POST /prompt`` validated with :mod:`generation.comfyui.validation` (the same code the
 workflow builder uses), one prompt at a time in ascending ``number`` order, per-step
-``progress`` frames, ``/history``, ``/queue``, ``/interrupt``, ``/view``, ``/object_info``,
-``/system_stats``, ``/models`` and ``/ws``, every route also under ``/api``. Images are
-deterministic placeholders drawn with Pillow from (prompt, seed, size, batch index).
+``progress`` frames from every sampler node (and latent previews when a prompt asks for them),
+``/history``, ``/queue``, ``/interrupt``, ``/upload/image``, ``/upload/mask``, ``/view``,
+``/object_info``, ``/system_stats``, ``/models`` and ``/ws``, every route also under ``/api``.
+Graphs of stock nodes execute as a dataflow of sizes (:mod:`generation.comfyui.simulator_graph`),
+so outputs have the sizes a real server gives; images are deterministic placeholders derived
+from the seed, the prompt and the input images.
 
 Faults for tests are set by option, environment (``SIMULATOR_FAULTS``) or at run time through
 the control API under ``/_simulator/`` (not a ComfyUI route): see ``docs/simulator.md``.
@@ -18,42 +21,69 @@ import hashlib
 import io
 import json
 import logging
+import mimetypes
+import posixpath
 import random
 import string
+import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from functools import lru_cache
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-from generation.comfyui.object_info import RECORDED_OBJECT_INFO
-from generation.comfyui.validation import validate_prompt
+from generation.comfyui.object_info import RECORDED_OBJECT_INFO, parse_input_spec
+from generation.comfyui.simulator_graph import (
+    CHECKPOINT_INPUT,
+    SAMPLERS,
+    Graph,
+    NodeFailed,
+    Renderer,
+    preview_jpeg,
+    render_placeholder,
+)
+from generation.comfyui.validation import ANNOTATIONS, file_exists_check, validate_prompt
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINTS = ("tiny-sd15-random.safetensors", "sdxl-base-1.0.safetensors", "dreamshaper-8.safetensors",
                        "fake.safetensors")
 DEFAULT_LORAS = ("tiny-lora.safetensors", "styles/watercolor.safetensors", "detail-tweaker.safetensors")
+DEFAULT_UPSCALE_MODELS = ("4x-UltraSharp.pth", "RealESRGAN_x2plus.pth")
 FAILING_CHECKPOINTS = ("fake.safetensors",)  # listed (validation passes) but fails to load, like the recording
 MODEL_FOLDERS = ("checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
                  "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
                  "latent_upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
                  "model_patches", "audio_encoders")
 FAULT_DEFAULTS = {
-    "execution_error_rate": 0.0,  # share of executions that fail in KSampler with execution_error
+    "execution_error_rate": 0.0,  # share of executions that fail in their first sampler with execution_error
     "view_delay": 0.0,  # seconds added to every /view
     "view_fail_rate": 0.0,  # share of /view answered with HTTP 500
     "drop_websockets": False,  # while true: every socket is closed, new ones right after their first frame
     "ws_drop_rate": 0.0,  # share of execution frames that close the socket instead of being sent
     "refuse_connections": 0.0,  # seconds: stop listening (connections refused), then listen again
     "prompt_delay": 0.0,  # seconds before POST /prompt answers, after the prompt is queued (client timeouts)
+    "stall_rate": 0.0,  # share of executions that hang (running, silent) until interrupted or this is set to 0
+    "stall_at_step": 1,  # a stalling execution hangs after this many steps of its first sampler
+    "upload_failures": 0,  # the next N uploads answer HTTP 500 (counts down), for retry paths
 }
 VIEW_TYPES = ("output", "input", "temp")
 SERVER_ERROR_BODY = "500 Internal Server Error\n\nServer got itself in trouble"
+MAX_UPLOAD_SIZE = 104857600  # ComfyUI's --max-upload-size default (100 MB)
+SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE,
+                   "extension": {"manager": {"supports_v4": True}}}
+PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, JPEG = 1, 4, 1  # ComfyUI's binary event and image types
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+                           "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self'; "
+                           "connect-src 'self'; frame-src 'self'; object-src 'self';")  # as /view sends it
+SAVE_NODES = frozenset({"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG"})
+WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+CUSTOM_NODE_MODULE = "custom_nodes.genonaut_simulator"
 _SYSTEM_STATS = Path(__file__).with_name("recorded") / "system_stats.json"
 
 
@@ -64,9 +94,14 @@ class SimulatorOptions:
     node_time: float = 0.0  # seconds for every other executed node
     checkpoints: tuple = DEFAULT_CHECKPOINTS
     loras: tuple = DEFAULT_LORAS
+    upscale_models: tuple = DEFAULT_UPSCALE_MODELS
     failing_checkpoints: tuple = FAILING_CHECKPOINTS
+    custom_nodes: tuple = ()  # node class specs added to /object_info (see custom_node_entry)
+    removed_nodes: tuple = ()  # stock node classes this server does not have
     history_max: int = 10000  # ComfyUI's MAXIMUM_HISTORY_SIZE
     max_files: int = 2000  # rendered images kept in memory for /view (oldest dropped)
+    preview_size: int = 512  # ComfyUI's --preview-size: latent previews fit in this square
+    max_pixels: int = 32 * 1024 * 1024  # one value's pixels (batch included) beyond which a node runs out of memory
     seed: int | None = None  # seeds the fault dice, for reproducible runs
     faults: dict = field(default_factory=dict)
 
@@ -89,13 +124,7 @@ class StoredFile:
     data: bytes
     etag: str
     last_modified: str
-
-
-class _NodeFailed(Exception):
-    def __init__(self, exception_type, exception_message):
-        super().__init__(exception_message)
-        self.exception_type = exception_type
-        self.exception_message = exception_message
+    digest: str
 
 
 class _Interrupted(Exception):
@@ -110,27 +139,6 @@ def _frame(kind, data):
     return json.dumps({"type": kind, "data": data})
 
 
-def render_placeholder(*, text, seed, width, height, index, color=None):
-    """A deterministic, visibly seed-dependent RGB image for (text, seed, size, batch index)."""
-    digest = hashlib.sha256(f"{text}\x00{seed}\x00{index}".encode()).digest()
-    rng = random.Random(digest)
-    if color is not None:
-        return Image.new("RGB", (width, height), ((color >> 16) & 255, (color >> 8) & 255, color & 255))
-    small_w, small_h = max(1, min(width, 64)), max(1, min(height, 64))
-    image = Image.new("RGB", (small_w, small_h), tuple(rng.randrange(256) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = rng.randrange(small_w), rng.randrange(small_h)
-        x1, y1 = x0 + rng.randrange(1, small_w + 1), y0 + rng.randrange(1, small_h + 1)
-        fill = tuple(rng.randrange(256) for _ in range(3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
-    if (small_w, small_h) != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    if width >= 48 and height >= 16:
-        ImageDraw.Draw(image).text((4, 4), f"seed {seed} #{index}\n{text[:40]}", fill=(255, 255, 255))
-    return image
-
-
 def encode_png(image, *, prompt, extra_pnginfo):
     """PNG bytes with ``prompt`` and each ``extra_pnginfo`` key as tEXt chunks, as ComfyUI's SaveImage does."""
     metadata = PngImagePlugin.PngInfo()
@@ -143,18 +151,186 @@ def encode_png(image, *, prompt, extra_pnginfo):
     return buffer.getvalue()
 
 
+def encode_animated(frames, *, fmt, fps, prompt, extra_pnginfo, lossless=True, quality=80, method=4,
+                    compress_level=4):
+    """One animated WebP or PNG of ``frames``, with the metadata SaveAnimatedWEBP / SaveAnimatedPNG write.
+
+    WebP: EXIF Model (0x0110) ``prompt:<json>`` and Make (0x010f) downwards ``<key>:<json>``;
+    APNG: ``comf`` chunks after the image data.
+    """
+    buffer = io.BytesIO()
+    duration = max(1, int(1000.0 / fps))
+    if fmt == "WEBP":
+        exif = frames[0].getexif()
+        if prompt is not None:
+            exif[0x0110] = f"prompt:{json.dumps(prompt)}"
+        for tag, (key, value) in zip(range(0x010F, 0, -1), (extra_pnginfo or {}).items(), strict=False):
+            exif[tag] = f"{key}:{json.dumps(value)}"
+        frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=duration,
+                       exif=exif, lossless=lossless, quality=quality, method=method)
+    else:
+        metadata = PngImagePlugin.PngInfo()
+        chunks = ([("prompt", prompt)] if prompt is not None else []) + list((extra_pnginfo or {}).items())
+        for key, value in chunks:
+            metadata.add(b"comf", key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1"),
+                         after_idat=True)
+        frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:], duration=duration,
+                       pnginfo=metadata, compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def check_faults(faults):
+    """Raise ValueError naming an unknown fault or a value of the wrong type."""
+    if not isinstance(faults, dict):
+        raise ValueError("faults must be a JSON object")
+    unknown = sorted(set(faults) - set(FAULT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown faults: {', '.join(unknown)}")
+    for name, value in faults.items():
+        if isinstance(FAULT_DEFAULTS[name], bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"fault {name} must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"fault {name} must be a number >= 0")
+        elif isinstance(FAULT_DEFAULTS[name], int) and value != int(value):
+            raise ValueError(f"fault {name} must be a whole number")
+
+
+def custom_node_entry(spec):
+    """The ``/object_info`` entry of a node class a test defines; raises ValueError naming what is wrong.
+
+    ``spec``: ``{"class": "GenonautTestNode", "inputs": {"image": "IMAGE", "strength": ["FLOAT", {…}]},
+    "optional": {…}, "outputs": ["IMAGE"], "output_names": […], "output_node": false,
+    "behaves_like": "ImageScaleBy", "category": …, "display_name": …}``. An input is a type name
+    or an ``/object_info`` entry (``[TYPE, {options}]``, ``[[choices], {…}]``). ``behaves_like``
+    names the stock node whose semantics it runs with (default: outputs derived from the inputs).
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or not spec["class"]:
+        raise ValueError('a custom node needs a "class" name')
+    name = spec["class"]
+    sections = {}
+    for section, key in (("required", "inputs"), ("optional", "optional")):
+        entries = spec.get(key) or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"{name}: {key!r} must map input names to types")
+        sections[section] = {}
+        for input_name, kind in entries.items():
+            entry = [kind, {}] if isinstance(kind, str) else kind
+            if not (isinstance(entry, list) and entry and isinstance(entry[0], (str, list))):
+                raise ValueError(f"{name}: input {input_name!r} must be a type name or [type, options]")
+            sections[section][input_name] = entry
+    outputs = spec.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(kind, str) for kind in outputs):
+        raise ValueError(f"{name}: 'outputs' must be a list of type names")
+    output_names = spec.get("output_names") or outputs
+    if len(output_names) != len(outputs):
+        raise ValueError(f"{name}: 'output_names' must name every output")
+    return {"input": {key: value for key, value in sections.items() if value or key == "required"},
+            "input_order": {key: list(value) for key, value in sections.items() if value or key == "required"},
+            "output": outputs, "output_is_list": [False] * len(outputs), "output_name": list(output_names),
+            "name": name, "display_name": spec.get("display_name", name), "description": spec.get("description", ""),
+            "python_module": CUSTOM_NODE_MODULE, "category": spec.get("category", "genonaut/simulated"),
+            "output_node": bool(spec.get("output_node", False))}
+
+
+@lru_cache(maxsize=1)
+def _recorded_catalogue():
+    """The recorded 0.8.0 ``/object_info`` (shared, never modified: instances copy what they change)."""
+    return json.loads(RECORDED_OBJECT_INFO.read_text())
+
+
+@lru_cache(maxsize=1)
+def _listed_inputs():
+    """``(class, section, input) -> folder`` for every option list a server fills from a folder.
+
+    Found in the recording: every input listing the recorded checkpoints or LoRAs (ComfyUI fills
+    them all from the same folder), plus the upscale model loader and the file loaders.
+    """
+    data = _recorded_catalogue()
+    recorded = {folder: parse_input_spec(name, data[cls]["input"]["required"][name]).choices
+                for folder, (cls, name) in {"checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+                                            "loras": ("LoraLoader", "lora_name")}.items()}
+    found = {}
+    for class_type, node in data.items():
+        for section in ("required", "optional"):
+            for name, spec in (node.get("input", {}).get(section) or {}).items():
+                choices = parse_input_spec(name, spec).choices
+                for folder, listed in recorded.items():
+                    if choices and choices == listed:
+                        found[(class_type, section, name)] = folder
+    found.update({("UpscaleModelLoader", "required", "model_name"): "upscale_models",
+                  ("LoadImage", "required", "image"): "input:image",
+                  ("LoadImageMask", "required", "image"): "input:image",
+                  ("LoadLatent", "required", "latent"): "input:latent",
+                  ("LoadVideo", "required", "file"): "input:video"})
+    return found
+
+
+def _with_choices(spec, choices):
+    """An input entry with its option list replaced, in the shape it had (``[[…], {…}]`` or ``COMBO``)."""
+    options = dict(spec[1]) if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if spec[0] == "COMBO":
+        return ["COMBO", {**options, "options": list(choices)}]
+    return [list(choices), options] if len(spec) > 1 else [list(choices)]
+
+
+def _content_kind(name):
+    """What ComfyUI's ``filter_files_content_types`` calls a file: ``image``, ``video``, … by its extension."""
+    if name.endswith(".latent"):
+        return "latent"
+    if name.lower().endswith(".webp"):
+        return "image"
+    kind = mimetypes.guess_type(name)[0]
+    return kind.split("/", 1)[0] if kind else None
+
+
+def _annotated(filename, kind):
+    """ComfyUI's ``annotated_filepath`` for /view and masks: ``name [output]`` names its folder itself."""
+    for suffix, annotated in ANNOTATIONS:
+        if filename.endswith(suffix):
+            return filename[: -len(suffix) - 1], annotated
+    return filename, kind
+
+
+def _stored(data):
+    now = time.time()
+    return StoredFile(data, f'"{int(now * 1e9):x}-{len(data):x}"', formatdate(now, usegmt=True),
+                      hashlib.sha256(data).hexdigest())
+
+
+def _folder_path(subfolder, filename):
+    """The normalised path of ``subfolder/filename`` inside a ComfyUI folder, None when it leaves it."""
+    path = posixpath.normpath(posixpath.join(posixpath.normpath(subfolder or "."), filename))
+    if path in (".", "..") or path.startswith(("/", "../")):
+        return None
+    return path
+
+
+@lru_cache(maxsize=1)
+def _example_png():
+    """ComfyUI ships ``input/example.png``; the recorded LoadImage list names it."""
+    buffer = io.BytesIO()
+    render_placeholder(text="example", seed=0, width=512, height=512, index=0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class Simulator:
     """The state of one simulated ComfyUI process and its HTTP/websocket application."""
 
     def __init__(self, options=None):
         self.options = options or SimulatorOptions()
+        for spec in self.options.custom_nodes:
+            custom_node_entry(spec)  # a bad spec or fault fails here, not on the first request
+        check_faults(self.options.faults or {})
         self._initial_options = copy.deepcopy(self.options)
         self.faults = {**FAULT_DEFAULTS, **(self.options.faults or {})}
         self.rng = random.Random(self.options.seed)
         self.server = None  # set by SimulatorServer, for refuse_connections
         self._worker_task = None
-        self._reset_state(clear_stats=True)
         self._object_info = None
+        self.nudge = asyncio.Event()  # set when a hung prompt should look again (interrupt, faults changed)
+        self.inputs = {"example.png": _stored(_example_png())}  # ComfyUI's input/ folder: path -> file
+        self._reset_state(clear_stats=True)
 
     # --- state --------------------------------------------------------------------------
 
@@ -166,7 +342,7 @@ class Simulator:
         self.running = None
         self.history = {}
         self.sockets = {}
-        self.files = OrderedDict()
+        self.files = OrderedDict()  # (type, path) -> file, for output and temp files
         self.counters = {}
         self.node_cache = {}  # node id -> input signature of the last run
         self.output_cache = {}  # output node id -> ui output of the last run
@@ -174,6 +350,7 @@ class Simulator:
         self.last_node_id = None
         self.running_client_id = None
         self.interrupt_requested = False
+        self.stalled = None  # the prompt id a stall fault holds
         self.wakeup = asyncio.Event()
         if clear_stats:
             self.submissions = Counter()
@@ -181,6 +358,8 @@ class Simulator:
             self.rejected = 0
             self.checkpoint_loads = 0
             self.restarts = 0
+            self.uploads = 0
+            self.previews_sent = 0
 
     def start(self):
         self._worker_task = asyncio.get_running_loop().create_task(self._worker())
@@ -193,9 +372,12 @@ class Simulator:
         await self._close_sockets()
 
     async def restart(self):
-        """Like a process restart: queue, history, cache, loaded model and sockets are gone (stats are kept)."""
+        """Like a process restart: queue, history, cache, loaded model and sockets are gone (stats are kept).
+
+        Files on disk stay: ``input/`` (uploads) and ``output/`` (and the output counters continue);
+        temp files are deleted at start-up, as ComfyUI does.
+        """
         await self.stop()
-        # output files stay on disk (and their counters continue); temp files are deleted at start-up
         files = OrderedDict((key, stored) for key, stored in self.files.items() if key[0] == "output")
         counters = {key: count for key, count in self.counters.items() if key[0] == "output"}
         self._reset_state(clear_stats=False)
@@ -204,12 +386,13 @@ class Simulator:
         self.start()
 
     async def reset(self):
-        """A fresh simulator: initial options, no faults, no statistics (tests call it between cases)."""
+        """A fresh simulator: initial options, no faults, files or statistics (tests call it between cases)."""
         await self.stop()
         self.options = copy.deepcopy(self._initial_options)
         self.faults = {**FAULT_DEFAULTS, **(self.options.faults or {})}
         self.rng = random.Random(self.options.seed)
         self._object_info = None
+        self.inputs = {"example.png": _stored(_example_png())}
         self._reset_state(clear_stats=True)
         self.start()
 
@@ -217,14 +400,56 @@ class Simulator:
     def queue_remaining(self):
         return len(self.pending) + (1 if self.running else 0)
 
+    def configure(self, changes):
+        """Change options at run time (the control API); raises ValueError for a bad value."""
+        for name in ("step_time", "load_time", "node_time"):
+            if name in changes:
+                setattr(self.options, name, float(changes[name]))
+        for name in ("checkpoints", "loras", "upscale_models", "failing_checkpoints", "removed_nodes"):
+            if name in changes:
+                if not isinstance(changes[name], list) or not all(isinstance(v, str) for v in changes[name]):
+                    raise ValueError(f"{name} must be a list of names")
+                setattr(self.options, name, tuple(changes[name]))
+        if "custom_nodes" in changes:
+            specs = changes["custom_nodes"]
+            if not isinstance(specs, list):
+                raise ValueError("custom_nodes must be a list of node specs")
+            for spec in specs:
+                custom_node_entry(spec)
+            self.options.custom_nodes = tuple(specs)
+        self._object_info = None
+
+    def set_faults(self, changes):
+        """Change faults at run time; raises ValueError naming an unknown fault or a wrong type."""
+        check_faults(changes)
+        self.faults.update(changes)
+        self.nudge.set()
+
     def object_info(self):
-        """The recorded ``/object_info`` with the model lists replaced by this simulator's models."""
+        """The recorded ``/object_info`` with this server's models, input files and node classes."""
         if self._object_info is None:
-            data = json.loads(RECORDED_OBJECT_INFO.read_text())
-            data["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = sorted(self.options.checkpoints)
-            data["LoraLoader"]["input"]["required"]["lora_name"][0] = sorted(self.options.loras)
+            data = dict(_recorded_catalogue())
+            lists = {"checkpoints": sorted(self.options.checkpoints), "loras": sorted(self.options.loras),
+                     "upscale_models": sorted(self.options.upscale_models)}
+            for kind in ("image", "latent", "video"):
+                lists[f"input:{kind}"] = sorted(path for path in self.inputs
+                                                if "/" not in path and _content_kind(path) == kind)
+            for (class_type, section, name), folder in _listed_inputs().items():
+                if class_type in data:
+                    node = data[class_type] = copy.deepcopy(data[class_type])
+                    spec = node["input"][section][name]
+                    node["input"][section][name] = _with_choices(spec, lists[folder])
+            for class_type in self.options.removed_nodes:
+                data.pop(class_type, None)
+            for spec in self.options.custom_nodes:
+                data[spec["class"]] = custom_node_entry(spec)
             self._object_info = data
         return self._object_info
+
+    @property
+    def aliases(self):
+        """Custom node class -> the stock class it behaves like."""
+        return {spec["class"]: spec["behaves_like"] for spec in self.options.custom_nodes if spec.get("behaves_like")}
 
     def stats(self):
         return {"submissions": dict(self.submissions), "executions": dict(self.executions),
@@ -232,22 +457,116 @@ class Simulator:
                 "checkpoint_loads": self.checkpoint_loads, "restarts": self.restarts,
                 "queue_remaining": self.queue_remaining, "running": self.running.prompt_id if self.running else None,
                 "pending": [item.prompt_id for item in self.pending], "history_size": len(self.history),
-                "websockets": len(self.sockets), "faults": dict(self.faults),
+                "websockets": len(self.sockets), "faults": dict(self.faults), "stalled": self.stalled,
+                "uploads": self.uploads, "input_files": len(self.inputs), "previews_sent": self.previews_sent,
                 "step_time": self.options.step_time, "load_time": self.options.load_time}
 
+    # --- files --------------------------------------------------------------------------
+
+    def stored(self, folder, path):
+        """The file at ``path`` in ComfyUI's ``input``, ``output`` or ``temp`` folder, or None."""
+        return self.inputs.get(path) if folder == "input" else self.files.get((folder, path))
+
+    def _file_exists(self, folder, path):
+        return self.stored(folder, path) is not None
+
+    def upload(self, data, *, filename, subfolder="", overwrite=False, folder="input"):
+        """ComfyUI's ``image_upload``: the name it stored the file under, None when the path leaves the folder.
+
+        Without ``overwrite`` an existing name keeps its file: the same bytes give the same name
+        back, other bytes a new name (``name (1).png``).
+        """
+        path = _folder_path(subfolder, filename)
+        if path is None:
+            return None
+        directory, _, base = path.rpartition("/")
+        stem, extension = posixpath.splitext(base)
+        name, counter = filename, 1
+        digest = hashlib.sha256(data).hexdigest()
+        while not overwrite and self.stored(folder, path) is not None:
+            if self.stored(folder, path).digest == digest:
+                return name
+            name = f"{stem} ({counter}){extension}"
+            path = posixpath.join(directory, name) if directory else name
+            counter += 1
+        self._put(folder, path, data)
+        self.uploads += 1
+        return name
+
+    def _put(self, folder, path, data):
+        stored = _stored(data)
+        if folder == "input":
+            if path not in self.inputs and "/" not in path:
+                self._object_info = None  # LoadImage lists the files at the top of input/
+            self.inputs[path] = stored
+            return
+        self.files[(folder, path)] = stored
+        self.files.move_to_end((folder, path))
+        while len(self.files) > self.options.max_files:
+            self.files.popitem(last=False)
+
+    def apply_mask(self, data, original_ref):
+        """``/upload/mask``'s save: the original image with the uploaded image's alpha, or None to store nothing.
+
+        As in ComfyUI, an original that cannot be found (or a ref that leaves its folder) stores nothing.
+        """
+        filename, kind = _annotated(str(original_ref.get("filename") or ""), original_ref.get("type", "output"))
+        if not filename or filename[0] == "/" or ".." in filename or kind not in VIEW_TYPES:
+            return None
+        path = _folder_path(original_ref.get("subfolder", ""), filename)
+        original = self.stored(kind, path) if path else None
+        if original is None:
+            return None
+        with Image.open(io.BytesIO(original.data)) as image, Image.open(io.BytesIO(data)) as mask:
+            metadata = PngImagePlugin.PngInfo()
+            for key, value in getattr(image, "text", {}).items():
+                metadata.add_text(key, value)
+            combined = image.convert("RGBA")
+            combined.putalpha(mask.convert("RGBA").getchannel("A"))
+            buffer = io.BytesIO()
+            combined.save(buffer, format="PNG", pnginfo=metadata, compress_level=4)
+        return buffer.getvalue()
+
     # --- websocket messaging ------------------------------------------------------------
+
+    def _drop_dice(self):
+        return self.faults["drop_websockets"] or (self.faults["ws_drop_rate"]
+                                                  and self.rng.random() < self.faults["ws_drop_rate"])
 
     async def _send(self, kind, data, sid):
         socket = self.sockets.get(sid) if sid else None
         if socket is None:
             return
-        if self.faults["drop_websockets"] or (self.faults["ws_drop_rate"]
-                                              and self.rng.random() < self.faults["ws_drop_rate"]):
+        if self._drop_dice():
             self.sockets.pop(sid, None)
             await socket.close()
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await socket.send_str(_frame(kind, data))
+
+    def _wants_metadata(self, sid):
+        socket = self.sockets.get(sid) if sid else None
+        return bool(socket is not None and socket.get("feature_flags", {}).get("supports_preview_metadata"))
+
+    async def _send_preview(self, sid, prompt_id, node_id, jpeg):
+        """One binary preview frame: type 4 with metadata when the socket asked for it, else legacy type 1."""
+        socket = self.sockets.get(sid) if sid else None
+        if socket is None:
+            return
+        if self._drop_dice():
+            self.sockets.pop(sid, None)
+            await socket.close()
+            return
+        if self._wants_metadata(sid):
+            metadata = json.dumps({"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
+                                   "parent_node_id": None, "real_node_id": node_id,
+                                   "image_type": "image/jpeg"}).encode()
+            frame = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(metadata)) + metadata + jpeg
+        else:
+            frame = struct.pack(">II", PREVIEW_IMAGE, JPEG) + jpeg
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await socket.send_bytes(frame)
+            self.previews_sent += 1
 
     async def _broadcast_status(self):
         message = _frame("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining}}})
@@ -277,7 +596,8 @@ class Simulator:
             return 400, {"error": error, "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
-        result = validate_prompt(prompt, self.object_info(), body.get("partial_execution_targets"))
+        result = validate_prompt(prompt, self.object_info(), body.get("partial_execution_targets"),
+                                 custom_checks=file_exists_check(self._file_exists))
         extra_data = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
@@ -306,6 +626,7 @@ class Simulator:
     def interrupt(self, prompt_id=None):
         if self.running and (prompt_id is None or prompt_id == self.running.prompt_id):
             self.interrupt_requested = True
+            self.nudge.set()
 
     def history_page(self, *, max_items=None, offset=-1):
         """ComfyUI's ``get_history``: oldest first; ``max_items`` alone gives the newest N."""
@@ -344,7 +665,7 @@ class Simulator:
                 await self._execute(item)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a graph the simulator cannot run (or a bug) must not stop the queue
+            except Exception as exc:  # a bug in the simulator must not stop the queue
                 logger.exception("simulator failed executing %s", item.prompt_id)
                 error = {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
                          "exception_message": str(exc), "exception_type": type(exc).__name__, "traceback": [],
@@ -355,6 +676,7 @@ class Simulator:
             self.running = None
             self.running_client_id = None
             self.last_node_id = None
+            self.stalled = None
             await self._broadcast_status()
             await self._send("executing", {"node": None, "prompt_id": item.prompt_id},
                              item.extra_data.get("client_id"))
@@ -402,11 +724,12 @@ class Simulator:
         return order
 
     @staticmethod
-    def _signatures(prompt, order):
+    def _signatures(prompt, order, graph):
+        """Each node's cache key: class, widget values, upstream keys and the bytes of the files it reads."""
         signatures = {}
         for node_id in order:
             node = prompt[node_id]
-            parts = [node["class_type"]]
+            parts = [node["class_type"], graph.file_signature(node_id)]
             for name, value in sorted(node.get("inputs", {}).items()):
                 if isinstance(value, list) and len(value) == 2 and value[0] in signatures:
                     parts.append((name, signatures[value[0]], value[1]))
@@ -420,6 +743,8 @@ class Simulator:
         self.executions[prompt_id] += 1
         self.running_client_id = sid
         catalogue = self.object_info()
+        graph = Graph(prompt, catalogue=catalogue, files=self.stored, aliases=self.aliases,
+                      max_pixels=self.options.max_pixels)
         messages = []
 
         async def announce(kind, data, keep=False):
@@ -428,7 +753,7 @@ class Simulator:
             await self._send(kind, data, sid)
 
         await announce("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}, keep=True)
-        signatures = self._signatures(prompt, self._execution_order(prompt, item.outputs, catalogue))
+        signatures = self._signatures(prompt, self._execution_order(prompt, item.outputs, catalogue), graph)
         cached = [node_id for node_id in prompt if self.node_cache.get(node_id) == signatures.get(node_id)
                   and (not catalogue[prompt[node_id]["class_type"]].get("output_node")
                        or node_id in self.output_cache)]
@@ -436,15 +761,13 @@ class Simulator:
         order = self._execution_order(prompt, [o for o in item.outputs if o not in cached], catalogue, cached)
         await announce("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()},
                        keep=True)
-        fail_now = self.faults["execution_error_rate"] and self.rng.random() < self.faults["execution_error_rate"]
-        states, executed, outputs, meta = {}, [], {}, {}
-
-        def node_state(node_id, value, maximum, state):
-            states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
-                               "prompt_id": prompt_id, "display_node_id": node_id, "parent_node_id": None,
-                               "real_node_id": node_id}
-            return {"prompt_id": prompt_id, "nodes": copy.deepcopy(states)}
-
+        run = _Run(item, graph, announce,
+                   fail=bool(self.faults["execution_error_rate"]
+                             and self.rng.random() < self.faults["execution_error_rate"]),
+                   stall=bool(self.faults["stall_rate"] and self.rng.random() < self.faults["stall_rate"]),
+                   previews=item.extra_data.get("preview_method") not in (None, "", "none"),
+                   renderer=Renderer(graph.read))
+        executed, outputs, meta = [], {}, {}
         current = None
         try:
             for node_id in cached_outputs:  # cached outputs are announced again with their earlier files
@@ -454,16 +777,24 @@ class Simulator:
                 outputs[node_id] = ui
                 meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
                                  "real_node_id": node_id}
-                await announce("progress_state", node_state(node_id, 1, 1, "finished"))
+                await announce("progress_state", run.node_state(node_id, 1, 1, "finished"))
+            if run.stall and not any(graph.behaviour(node_id) in SAMPLERS for node_id in order):
+                await self._hang(prompt_id)  # nothing to hang in: it hangs before its first node
             for node_id in order:
                 class_type = prompt[node_id]["class_type"]
                 if self.interrupt_requested:
                     raise _Interrupted()
                 current = (node_id, class_type)
                 self.last_node_id = node_id
-                await announce("progress_state", node_state(node_id, 0.0, 1.0, "running"))
+                await announce("progress_state", run.node_state(node_id, 0.0, 1.0, "running"))
                 await announce("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
-                ui, final_state = await self._run_node(item, node_id, class_type, node_state, announce, fail_now)
+                try:
+                    ui, final_state = await self._run_node(run, node_id)
+                except (NodeFailed, _Interrupted, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # an input the simulator cannot handle fails that node, as it would
+                    logger.exception("simulated node %s (%s) failed", node_id, class_type)
+                    raise NodeFailed(type(exc).__name__, str(exc))
                 executed.append(node_id)
                 if ui is not None:
                     await announce("executed", {"node": node_id, "display_node": node_id, "output": ui,
@@ -472,7 +803,7 @@ class Simulator:
                     self.output_cache[node_id] = ui
                     meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
                                      "real_node_id": node_id}
-                await announce("progress_state", node_state(node_id, *final_state, "finished"))
+                await announce("progress_state", run.node_state(node_id, *final_state, "finished"))
                 self.node_cache[node_id] = signatures[node_id]
         except _Interrupted:
             node_id, class_type = current or (None, None)
@@ -481,7 +812,7 @@ class Simulator:
                                                      "timestamp": _now_ms()}, keep=True)
             self._store_history(item, outputs={}, status_str="error", messages=messages, meta={})
             return
-        except _NodeFailed as failure:
+        except NodeFailed as failure:
             node_id, class_type = current
             self.node_cache.pop(node_id, None)
             inputs = {name: [value] for name, value in prompt[node_id].get("inputs", {}).items()
@@ -504,109 +835,148 @@ class Simulator:
         if seconds > 0:
             await asyncio.sleep(seconds)
 
-    async def _run_node(self, item, node_id, class_type, node_state, announce, fail_now):
+    async def _hang(self, prompt_id):
+        """The stall fault: no frame, no progress, until interrupted or ``stall_rate`` is set back to 0."""
+        self.stalled = prompt_id
+        while self.faults["stall_rate"] and not self.interrupt_requested:
+            self.nudge.clear()
+            await self.nudge.wait()
+        self.stalled = None
+        if self.interrupt_requested:
+            raise _Interrupted()
+
+    async def _run_node(self, run, node_id):
         """Simulate one node; returns (ui output or None, (value, max) of its final progress state)."""
-        inputs = item.prompt[node_id].get("inputs", {})
-        if class_type == "CheckpointLoaderSimple":
-            name = inputs.get("ckpt_name")
-            if name in self.options.failing_checkpoints:
-                raise _NodeFailed("safetensors._safetensors_rust.SafetensorError",
-                                  "Error while deserializing header: header too large\n")
-            if name not in self.options.checkpoints:
-                raise _NodeFailed("FileNotFoundError", f"Model in folder 'checkpoints' with filename '{name}' "
-                                                       "not found.")
-            if name != self.loaded_checkpoint:
-                await self._pause(self.options.load_time)
-                self.loaded_checkpoint = name
-                self.checkpoint_loads += 1
-            return None, (1.0, 1.0)
-        if class_type == "KSampler":
-            steps = int(inputs.get("steps", 1))
-            fail_at = self.rng.randint(1, steps) if fail_now else None
-            for step in range(1, steps + 1):
-                await self._pause(self.options.step_time)
-                if self.interrupt_requested:
-                    raise _Interrupted()
-                if step == fail_at:
-                    raise _NodeFailed("RuntimeError", "Simulated failure (execution_error_rate fault)")
-                await announce("progress_state", node_state(node_id, step, steps, "running"))
-                await announce("progress", {"value": step, "max": steps, "prompt_id": item.prompt_id,
-                                            "node": node_id})
-            return None, (steps, steps)
+        graph = run.graph
+        inputs = run.item.prompt[node_id].get("inputs", {})
+        kind = graph.behaviour(node_id)
+        if isinstance(inputs.get(CHECKPOINT_INPUT), str):
+            await self._load_checkpoint(inputs[CHECKPOINT_INPUT])
+        steps = graph.sampler_steps(node_id)
+        if steps is not None:
+            return None, await self._sample(run, node_id, steps)
+        graph.outputs(node_id)  # sizes, files and memory are checked when the node runs, as in ComfyUI
         await self._pause(self.options.node_time)
-        if class_type in ("SaveImage", "PreviewImage"):
-            images = await self._save_images(item, node_id, class_type, inputs)
-            return {"images": images}, (1.0, 1.0)
+        if kind in SAVE_NODES:
+            return await self._save(run, node_id, kind), (1.0, 1.0)
         return None, (1.0, 1.0)
 
-    # --- images -------------------------------------------------------------------------
+    async def _load_checkpoint(self, name):
+        if name in self.options.failing_checkpoints:
+            raise NodeFailed("safetensors._safetensors_rust.SafetensorError",
+                             "Error while deserializing header: header too large\n")
+        if name not in self.options.checkpoints:
+            raise NodeFailed("FileNotFoundError", f"Model in folder 'checkpoints' with filename '{name}' not found.")
+        if name != self.loaded_checkpoint:
+            await self._pause(self.options.load_time)
+            self.loaded_checkpoint = name
+            self.checkpoint_loads += 1
 
-    def _image_spec(self, prompt, link):
-        """Walk upstream from an IMAGE link to (text, seed, width, height, batch, color)."""
-        spec = {"text": "", "seed": 0, "width": 64, "height": 64, "batch": 1, "color": None}
-        pending, seen = [link], set()
-        while pending:
-            value = pending.pop()
-            if not (isinstance(value, list) and len(value) == 2 and value[0] in prompt) or value[0] in seen:
-                continue
-            seen.add(value[0])
-            node = prompt[value[0]]
-            inputs, class_type = node.get("inputs", {}), node.get("class_type")
-            if class_type in ("EmptyLatentImage", "EmptyImage"):
-                spec["batch"] = int(inputs.get("batch_size", 1))
-                if not spec.get("size_locked"):
-                    spec["width"], spec["height"] = int(inputs.get("width", 64)), int(inputs.get("height", 64))
-                if class_type == "EmptyImage":
-                    spec["color"] = int(inputs.get("color", 0))
-            elif class_type == "ImageScale" and not spec.get("size_locked"):
-                spec["width"], spec["height"], spec["size_locked"] = int(inputs["width"]), int(inputs["height"]), True
-            elif class_type == "KSampler":
-                spec["seed"] = inputs.get("seed", 0)
-                positive = inputs.get("positive")
-                if isinstance(positive, list) and positive and positive[0] in prompt:
-                    spec["text"] = str(prompt[positive[0]].get("inputs", {}).get("text", ""))
-            pending.extend(v for v in inputs.values() if isinstance(v, list))
-        return spec
+    async def _sample(self, run, node_id, steps):
+        """A sampler's steps: per step ``progress_state`` and ``progress`` (and a preview), in the recorded order."""
+        prompt_id, sid = run.item.prompt_id, run.item.extra_data.get("client_id")
+        latent = run.graph.sampled(node_id)
+        fail_at = self.rng.randint(1, steps) if run.fail and steps and not run.failed_once else None
+        run.failed_once = run.failed_once or fail_at is not None
+        stall_after = max(1, min(int(self.faults["stall_at_step"]), steps)) if run.stall and steps else None
+        loop = asyncio.get_running_loop()
+        for step in range(1, steps + 1):
+            await self._pause(self.options.step_time)
+            if self.interrupt_requested:
+                raise _Interrupted()
+            if step == fail_at:
+                raise NodeFailed("RuntimeError", "Simulated failure (execution_error_rate fault)")
+            await run.announce("progress_state", run.node_state(node_id, step, steps, "running"))
+            progress = {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}
+            if not run.previews:
+                await run.announce("progress", progress)
+            else:
+                jpeg = await loop.run_in_executor(None, lambda step=step: preview_jpeg(
+                    run.renderer, latent, step=step, steps=steps, max_size=self.options.preview_size))
+                if self._wants_metadata(sid):  # recorded: the frame with metadata comes before "progress"
+                    await self._send_preview(sid, prompt_id, node_id, jpeg)
+                    await run.announce("progress", progress)
+                else:
+                    await run.announce("progress", progress)
+                    await self._send_preview(sid, prompt_id, node_id, jpeg)
+            if step == stall_after:
+                run.stall = False
+                await self._hang(prompt_id)
+        return steps, steps
+
+    # --- outputs ------------------------------------------------------------------------
 
     def _next_counter(self, key):
         self.counters[key] = self.counters.get(key, 0) + 1
         return self.counters[key]
 
-    async def _save_images(self, item, node_id, class_type, inputs):
-        spec = self._image_spec(item.prompt, inputs.get("images"))
-        if class_type == "SaveImage":
+    async def _save(self, run, node_id, kind):
+        """SaveImage / PreviewImage (a PNG per batch item) or SaveAnimatedWEBP / SaveAnimatedPNG (one file)."""
+        inputs = run.graph.inputs(node_id)
+        images = run.graph.images(node_id)
+        if images is None:
+            raise NodeFailed("TypeError", "'NoneType' object is not subscriptable")
+        if kind == "PreviewImage":
+            subfolder, folder = "", "temp"
+            base = "ComfyUI_temp_" + "".join(self.rng.choice(string.ascii_lowercase) for _ in range(5))
+        else:
             prefix = str(inputs.get("filename_prefix", "ComfyUI"))
             subfolder, _, base = prefix.rpartition("/")
-            if ".." in subfolder.split("/") or prefix.startswith("/"):
-                raise _NodeFailed("Exception", "**** ERROR: Saving image outside the output folder is not allowed."
-                                               f"\n full_output_folder: {subfolder}\n         output_dir: output")
-            kind = "output"
-        else:
-            subfolder, kind = "", "temp"
-            base = "ComfyUI_temp_" + "".join(self.rng.choice(string.ascii_lowercase) for _ in range(5))
-        extra_pnginfo = item.extra_data.get("extra_pnginfo") if class_type == "SaveImage" else None
+            if _folder_path(subfolder, "x") is None or prefix.startswith("/"):
+                raise NodeFailed("Exception", "**** ERROR: Saving image outside the output folder is not allowed."
+                                              f"\n full_output_folder: {subfolder}\n         output_dir: output")
+            folder = "output"
+        extra_pnginfo = run.item.extra_data.get("extra_pnginfo") if folder == "output" else None
+        prompt = run.item.prompt
         loop = asyncio.get_running_loop()
-        images = []
-        for index in range(spec["batch"]):
-            counter = self._next_counter((kind, subfolder, base))
+        saved = []
+        if kind in ("SaveAnimatedWEBP", "SaveAnimatedPNG"):
+            counter = self._next_counter((folder, subfolder, base))
+            extension, fmt = ("webp", "WEBP") if kind == "SaveAnimatedWEBP" else ("png", "PNG")
+            options = {"fps": float(inputs.get("fps", 6.0))}
+            if fmt == "WEBP":
+                options.update(lossless=bool(inputs.get("lossless", True)), quality=int(inputs.get("quality", 80)),
+                               method=WEBP_METHODS.get(inputs.get("method"), 4))
+            else:
+                options["compress_level"] = int(inputs.get("compress_level", 4))
+            filename = f"{base}_{counter:05}_.{extension}"
+            data = await loop.run_in_executor(None, lambda: encode_animated(
+                [run.renderer.image(images, index) for index in range(images.batch)], fmt=fmt, prompt=prompt,
+                extra_pnginfo=extra_pnginfo, **options))
+            self._put(folder, posixpath.join(subfolder, filename) if subfolder else filename, data)
+            saved.append({"filename": filename, "subfolder": subfolder, "type": folder})
+            return {"images": saved, "animated": [True]} if images.batch > 1 else {"images": saved}
+        for index in range(images.batch):
+            counter = self._next_counter((folder, subfolder, base))
             filename = f"{base.replace('%batch_num%', str(index))}_{counter:05}_.png"
-            data = await loop.run_in_executor(None, self._render, spec, index, item.prompt, extra_pnginfo)
-            self._keep_file((kind, subfolder, filename), data)
-            images.append({"filename": filename, "subfolder": subfolder, "type": kind})
-        return images
+            data = await loop.run_in_executor(None, lambda index=index: encode_png(
+                run.renderer.image(images, index), prompt=prompt, extra_pnginfo=extra_pnginfo))
+            self._put(folder, posixpath.join(subfolder, filename) if subfolder else filename, data)
+            saved.append({"filename": filename, "subfolder": subfolder, "type": folder})
+        return {"images": saved}
 
-    @staticmethod
-    def _render(spec, index, prompt, extra_pnginfo):
-        image = render_placeholder(text=spec["text"], seed=spec["seed"], width=spec["width"], height=spec["height"],
-                                   index=index, color=spec["color"])
-        return encode_png(image, prompt=prompt, extra_pnginfo=extra_pnginfo)
 
-    def _keep_file(self, key, data):
-        now = time.time()
-        etag = f'"{int(now * 1e9):x}-{len(data):x}"'
-        self.files[key] = StoredFile(data, etag, formatdate(now, usegmt=True))
-        while len(self.files) > self.options.max_files:
-            self.files.popitem(last=False)
+@dataclass
+class _Run:
+    """One execution's state: the graph, how to announce frames, the fault dice already thrown."""
+
+    item: QueueItem
+    graph: Graph
+    announce: object
+    fail: bool
+    stall: bool
+    previews: bool
+    renderer: Renderer
+    failed_once: bool = False
+    states: dict = field(default_factory=dict)
+
+    def node_state(self, node_id, value, maximum, state):
+        """A ``progress_state`` payload: every node's state so far, this one updated."""
+        prompt_id = self.item.prompt_id
+        self.states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
+                                "prompt_id": prompt_id, "display_node_id": node_id, "parent_node_id": None,
+                                "real_node_id": node_id}
+        return {"prompt_id": prompt_id, "nodes": copy.deepcopy(self.states)}
 
 
 class SimulatorServer:
@@ -683,6 +1053,26 @@ async def _json_body(request):
     return json.loads(raw)
 
 
+def _file_response(request, stored, filename):
+    """A stored file as ComfyUI's FileResponse serves it: type by extension, ETag, Last-Modified, ranges."""
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if content_type in ("text/html", "application/xhtml+xml", "text/javascript", "text/css"):
+        content_type = "application/octet-stream"  # ComfyUI forces these to download
+    headers = {"Content-Disposition": f'filename="{filename}"', "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+               "Etag": stored.etag, "Last-Modified": stored.last_modified, "Accept-Ranges": "bytes"}
+    data, status = stored.data, 200
+    if "Range" in request.headers:
+        try:
+            start, stop, _ = request.http_range.indices(len(data))
+        except ValueError:
+            start = stop = 0
+        if start >= stop:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        data, status = data[start:stop], 206
+    return web.Response(body=data, status=status, content_type=content_type, headers=headers)
+
+
 def build_app(simulator):
     sim = simulator
     routes = web.RouteTableDef()
@@ -708,9 +1098,20 @@ def build_app(simulator):
                 return socket
             if sim.running_client_id == sid and sim.last_node_id is not None:
                 await socket.send_str(_frame("executing", {"node": sim.last_node_id}))
+            first_message = True
             async for message in socket:
                 if message.type == WSMsgType.ERROR:
                     break
+                if message.type != WSMsgType.TEXT or not first_message:
+                    continue
+                try:  # like ComfyUI, only a socket's first (JSON) message can declare feature flags
+                    data = json.loads(message.data)
+                except ValueError:
+                    continue
+                first_message = False
+                if isinstance(data, dict) and data.get("type") == "feature_flags":
+                    socket["feature_flags"] = data.get("data") if isinstance(data.get("data"), dict) else {}
+                    await socket.send_str(_frame("feature_flags", SERVER_FEATURES))
         finally:
             if sim.sockets.get(sid) is socket:
                 del sim.sockets[sid]
@@ -783,14 +1184,47 @@ def build_app(simulator):
             sim.history.pop(prompt_id, None)
         return _empty()
 
+    @routes.post("/upload/image")
+    async def upload_image(request):
+        return await _upload(request)
+
+    @routes.post("/upload/mask")
+    async def upload_mask(request):
+        return await _upload(request, mask=True)
+
+    async def _upload(request, *, mask=False):
+        """ComfyUI's ``image_upload``: any bytes are kept; a path leaving the folder or no file is a bare 400."""
+        post = await request.post()
+        if sim.faults["upload_failures"]:
+            sim.faults["upload_failures"] -= 1
+            return web.Response(status=500, text=SERVER_ERROR_BODY)
+        image = post.get("image")
+        if not isinstance(image, web.FileField) or not image.filename:
+            return _empty(400)
+        folder, subfolder = post.get("type") or "input", post.get("subfolder", "")
+        if folder not in VIEW_TYPES or not isinstance(subfolder, str):
+            return _empty(400)
+        data = image.file.read()
+        if mask:
+            try:
+                original_ref = json.loads(post.get("original_ref"))
+                data = sim.apply_mask(data, original_ref) if isinstance(original_ref, dict) else None
+            except (TypeError, ValueError, OSError):  # ComfyUI answers these with its plain 500
+                return web.Response(status=500, text=SERVER_ERROR_BODY)
+        name = sim.upload(data, filename=image.filename, subfolder=subfolder, folder=folder,
+                          overwrite=post.get("overwrite") in ("true", "1")) if data is not None else image.filename
+        if name is None:
+            return _empty(400)
+        return web.json_response({"name": name, "subfolder": subfolder, "type": folder})
+
     @routes.get("/view")
     async def view(request):
         filename = request.query.get("filename")
         if not filename:
             return _empty(404)
-        kind = request.query.get("type", "output")
+        filename, kind = _annotated(filename, request.query.get("type", "output"))
         subfolder = request.query.get("subfolder", "")
-        if filename[0] == "/" or ".." in filename or kind not in VIEW_TYPES:
+        if not filename or filename[0] == "/" or ".." in filename or kind not in VIEW_TYPES:
             return _empty(400)
         if ".." in subfolder.split("/") or subfolder.startswith("/"):
             return _empty(403)
@@ -798,7 +1232,8 @@ def build_app(simulator):
             await asyncio.sleep(sim.faults["view_delay"])
         if sim.faults["view_fail_rate"] and sim.rng.random() < sim.faults["view_fail_rate"]:
             return web.Response(status=500, text=SERVER_ERROR_BODY)
-        stored = sim.files.get((kind, subfolder, filename))
+        filename = posixpath.basename(filename)
+        stored = sim.stored(kind, _folder_path(subfolder, filename) or "")
         if stored is None:
             return _empty(404)
         preview = request.query.get("preview")
@@ -810,9 +1245,7 @@ def build_app(simulator):
                 image.save(buffer, format=fmt.upper(), quality=int(quality or 90))
                 return web.Response(body=buffer.getvalue(), content_type=f"image/{fmt}",
                                     headers={"Content-Disposition": f'filename="{filename}"'})
-        return web.Response(body=stored.data, content_type="image/png",
-                            headers={"Content-Disposition": f'filename="{filename}"', "Etag": stored.etag,
-                                     "Last-Modified": stored.last_modified})
+        return _file_response(request, stored, filename)
 
     @routes.get("/object_info")
     async def object_info(request):
@@ -839,7 +1272,8 @@ def build_app(simulator):
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return _empty(404)
-        files = {"checkpoints": sim.options.checkpoints, "loras": sim.options.loras}.get(folder, ())
+        files = {"checkpoints": sim.options.checkpoints, "loras": sim.options.loras,
+                 "upscale_models": sim.options.upscale_models}.get(folder, ())
         return web.json_response(sorted(files))
 
     @routes.get("/embeddings")
@@ -848,14 +1282,17 @@ def build_app(simulator):
 
     @routes.get("/features")
     async def features(request):
-        return web.json_response({"supports_preview_metadata": True, "max_upload_size": 104857600,
-                                  "extension": {"manager": {"supports_v4": True}}})
+        return web.json_response(SERVER_FEATURES)
 
     # --- control API (not ComfyUI): faults, restart, statistics ---------------------------
 
     @routes.get("/_simulator/stats")
     async def control_stats(request):
         return web.json_response(sim.stats())
+
+    @routes.get("/_simulator/inputs")
+    async def control_inputs(request):
+        return web.json_response(sorted(sim.inputs))
 
     @routes.get("/_simulator/faults")
     async def control_get_faults(request):
@@ -864,11 +1301,10 @@ def build_app(simulator):
     @routes.post("/_simulator/faults")
     async def control_set_faults(request):
         body = await _json_body(request)
-        unknown = sorted(set(body) - set(FAULT_DEFAULTS))
-        if unknown:
-            return web.json_response({"error": f"unknown faults: {', '.join(unknown)}",
-                                      "known": sorted(FAULT_DEFAULTS)}, status=400)
-        sim.faults.update(body)
+        try:
+            sim.set_faults(body)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc), "known": sorted(FAULT_DEFAULTS)}, status=400)
         if body.get("drop_websockets"):
             await sim._close_sockets()
         if body.get("refuse_connections") and sim.server is not None:
@@ -878,13 +1314,10 @@ def build_app(simulator):
     @routes.post("/_simulator/config")
     async def control_config(request):
         body = await _json_body(request)
-        for name in ("step_time", "load_time", "node_time"):
-            if name in body:
-                setattr(sim.options, name, float(body[name]))
-        for name in ("checkpoints", "loras", "failing_checkpoints"):
-            if name in body:
-                setattr(sim.options, name, tuple(body[name]))
-                sim._object_info = None
+        try:
+            sim.configure(body)
+        except (TypeError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(sim.stats())
 
     @routes.post("/_simulator/drop_websockets")
@@ -903,7 +1336,7 @@ def build_app(simulator):
         await sim.reset()
         return web.json_response(sim.stats())
 
-    app = web.Application(middlewares=[refuse_old_connections], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[refuse_old_connections], client_max_size=MAX_UPLOAD_SIZE)
     app.add_routes(routes)
     # ComfyUI serves every route under /api too
     for route in list(routes):

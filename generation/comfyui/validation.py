@@ -5,13 +5,65 @@ backend's ``object_info`` before sending it, and the simulator validates ``POST 
 with it, so both produce ComfyUI's 400 body (``{"error": …, "node_errors": …}``) with the
 same error types, messages and ``extra_info`` as the recordings in
 ``tests/fixtures/comfyui-protocol/prompt-error-*.json``.
+
+Inputs whose node has custom validation in ComfyUI (``VALIDATE_INPUTS``: the file loaders'
+combos, :data:`CUSTOM_VALIDATED_INPUTS`) skip the range and option-list checks, as ComfyUI
+does; a caller that knows the backend's files passes ``custom_checks`` (the simulator), one
+that does not (the dispatcher) passes none and any name is accepted.
 """
 
+import posixpath
 import sys
 import traceback
 from dataclasses import dataclass, field
 
 from generation.comfyui.object_info import ObjectInfo
+
+# Stock nodes whose real code has VALIDATE_INPUTS / validate_inputs on these combo inputs, with the
+# reason that code gives for a file it cannot find. ComfyUI skips their option-list check, which is
+# why a file uploaded into a subfolder (never listed by /object_info) still validates.
+CUSTOM_VALIDATED_INPUTS = {
+    "LoadImage": {"image": "Invalid image file: {}"},
+    "LoadImageMask": {"image": "Invalid image file: {}"},
+    "LoadImageOutput": {"image": "Invalid image file: {}"},
+    "LoadLatent": {"latent": "Invalid latent file: {}"},
+    "LoadVideo": {"file": "Invalid video file: {}"},
+}
+ANNOTATIONS = (("[output]", "output"), ("[input]", "input"), ("[temp]", "temp"))
+
+
+def annotated_path(name, default="input"):
+    """ComfyUI's ``annotated_filepath``: ``("output", "a/b.png")`` for ``"a/b.png [output]"``.
+
+    The path is normalised; ``None`` when it is not a string or leaves its folder (``..``, absolute).
+    """
+    if not isinstance(name, str):
+        return None
+    folder = default
+    for suffix, annotated in ANNOTATIONS:
+        if name.endswith(suffix):
+            name, folder = name[: -len(suffix) - 1], annotated  # ComfyUI also drops the space before it
+            break
+    path = posixpath.normpath(name) if name else ""
+    if path in ("", ".", "..") or path.startswith(("/", "../")):
+        return None
+    return folder, path
+
+
+def file_exists_check(exists):
+    """A ``custom_checks`` for :func:`validate_prompt` from ``exists(folder, path) -> bool``.
+
+    Gives the reason ComfyUI's loaders give (``Invalid image file: x``) for a name that is not a
+    file in that folder, including one that leaves it (``../../etc/passwd``).
+    """
+
+    def check(class_type, name, value):
+        location = annotated_path(value)
+        if location is None or not exists(*location):
+            return CUSTOM_VALIDATED_INPUTS[class_type][name].format(value)
+        return None
+
+    return check
 
 
 @dataclass
@@ -77,13 +129,14 @@ def _full_type_name(typ):
     return typ.__qualname__ if module in (None, "builtins") else f"{module}.{typ.__qualname__}"
 
 
-def _validate_inputs(prompt, catalogue, node_id, validated):
+def _validate_inputs(prompt, catalogue, node_id, validated, custom_checks):
     if node_id in validated:
         return validated[node_id]
     node = prompt[node_id]
     inputs = node.get("inputs") or {}
     class_type = node["class_type"]
     node_info = catalogue[class_type]
+    custom = CUSTOM_VALIDATED_INPUTS.get(class_type, {})
     errors = []
     valid = True
 
@@ -114,7 +167,7 @@ def _validate_inputs(prompt, catalogue, node_id, validated):
                                       "linked_node": value}))
                 continue
             try:
-                result = _validate_inputs(prompt, catalogue, source_id, validated)
+                result = _validate_inputs(prompt, catalogue, source_id, validated, custom_checks)
                 if result[0] is False:
                     valid = False
                     continue
@@ -135,6 +188,13 @@ def _validate_inputs(prompt, catalogue, node_id, validated):
                                  f"{name}, {value}, {ex}",
                                  {"input_name": name, "input_config": info, "received_value": value,
                                   "exception_message": str(ex)}))
+            continue
+
+        if name in custom:  # ComfyUI runs the node's own check instead of the range and list checks
+            reason = custom_checks(class_type, name, value) if custom_checks else None
+            if reason:
+                errors.append(_error("custom_validation_failed", "Custom validation failed for node",
+                                     f"{name} - {reason}", {"input_name": name}))
             continue
 
         try:
@@ -172,8 +232,13 @@ def _validate_inputs(prompt, catalogue, node_id, validated):
     return result
 
 
-def validate_prompt(prompt, object_info, partial_execution_targets=None):
-    """Validate an API-format graph like ComfyUI's ``POST /prompt`` and return a :class:`ValidationResult`."""
+def validate_prompt(prompt, object_info, partial_execution_targets=None, *, custom_checks=None):
+    """Validate an API-format graph like ComfyUI's ``POST /prompt`` and return a :class:`ValidationResult`.
+
+    ``custom_checks(class_type, input_name, value) -> reason | None`` stands for the nodes' own
+    validation of :data:`CUSTOM_VALIDATED_INPUTS` (see :func:`file_exists_check`); without it
+    those inputs accept any value.
+    """
     catalogue = _catalogue(object_info)
     if not isinstance(prompt, dict):
         return ValidationResult(False, _error("invalid_prompt", "Prompt is not a JSON object", ""))
@@ -197,7 +262,7 @@ def validate_prompt(prompt, object_info, partial_execution_targets=None):
     good_outputs, failures, node_errors, validated = [], [], {}, {}
     for output_id in outputs:
         try:
-            valid, reasons, _ = _validate_inputs(prompt, catalogue, output_id, validated)
+            valid, reasons, _ = _validate_inputs(prompt, catalogue, output_id, validated, custom_checks)
         except Exception as ex:
             valid = False
             reasons = [_exception_reason("exception_during_validation", "Exception when validating node", ex)]

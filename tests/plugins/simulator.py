@@ -6,12 +6,12 @@ reachable over TCP from the test, from a qcluster subprocess, from a browser. Us
 - ``simulator``: the shared default simulator (one per test session and xdist worker),
   reset (no queue, history, faults or statistics) before each test;
 - ``simulator_factory(**options)``: a dedicated simulator with other options
-  (``step_time``, ``load_time``, ``checkpoints``, ``loras``, ``faults={...}``, ``seed``…),
-  stopped after the test.
+  (``step_time``, ``load_time``, ``checkpoints``, ``loras``, ``upscale_models``,
+  ``custom_nodes=[{...}]``, ``removed_nodes``, ``faults={...}``, ``seed``…), stopped after the test.
 
 The handle has ``.url``, ``.client()`` and the control helpers (``set_faults``, ``configure``,
-``restart``, ``reset``, ``stats``, ``submissions(id)``, ``executions(id)``, ``drop_websockets``,
-``wait_for``).
+``restart``, ``reset``, ``stats``, ``input_files``, ``submissions(id)``, ``executions(id)``,
+``drop_websockets``, ``wait_for``).
 """
 
 import json
@@ -74,7 +74,7 @@ class SimulatorProcess:
         return self.control("POST", "faults", faults)
 
     def configure(self, **options):
-        """Change ``step_time``, ``load_time``, ``node_time``, ``checkpoints``, ``loras``, ``failing_checkpoints``."""
+        """Change ``step_time``, ``load_time``, ``node_time``, the model lists, ``custom_nodes``, ``removed_nodes``."""
         return self.control("POST", "config", options)
 
     def restart(self):
@@ -89,6 +89,10 @@ class SimulatorProcess:
 
     def stats(self):
         return self.control("GET", "stats")
+
+    def input_files(self):
+        """Paths in the simulator's ``input/`` folder (uploads, ``example.png``), sorted."""
+        return self.control("GET", "inputs")
 
     def submissions(self, prompt_id):
         return self.stats()["submissions"].get(prompt_id, 0)
@@ -125,7 +129,9 @@ def _arguments(options):
     faults = options.pop("faults", None)
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, (list, tuple)):
+        if name == "custom_nodes":
+            value = json.dumps(list(value))
+        elif isinstance(value, (list, tuple)):
             value = ",".join(value)
         args += [flag, str(value)]
     if faults:

@@ -305,3 +305,173 @@ def test_idle_ticks_keep_coming_while_another_prompt_of_the_same_client_streams_
     assert isinstance(seen[-1], ev.ExecutionSuccess) and seen[-1].prompt_id == second
     assert sum(isinstance(e, ev.Idle) for e in seen) >= 3  # heartbeats while the first one ran
     assert all(e.prompt_id in (None, second) for e in seen)
+
+
+# --- input files ---------------------------------------------------------------------------------------
+
+def png_bytes(size=(40, 24), color=(10, 200, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def viewed(client, reply):
+    with client.view(reply["name"], reply["subfolder"], reply["type"]) as stream:
+        return b"".join(stream)
+
+
+def test_upload_image_from_bytes_and_from_file_objects(simulator, tmp_path):
+    client = simulator.client()
+    data = png_bytes()
+    assert client.upload_image(data, name="a.png") == {"name": "a.png", "subfolder": "", "type": "input"}
+    assert viewed(client, client.upload_image(data, name="a.png", subfolder="genonaut/ab")) == data
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 100 + png_bytes((600, 400)) * 20)  # any bytes: ComfyUI does not check content
+    with path.open("rb") as handle:
+        handle.seek(100)  # read from the current position
+        reply = client.upload_image(handle, name="big.png", subfolder="genonaut")
+    assert viewed(client, reply) == path.read_bytes()[100:]
+
+    def chunks():  # a stream that cannot seek is sent chunked, once
+        yield data[:10]
+        yield data[10:]
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self):
+            self.parts = chunks()
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            chunk = next(self.parts, b"")
+            buffer[:len(chunk)] = chunk
+            return len(chunk)
+
+    reply = client.upload_image(io.BufferedReader(Unseekable()), name="streamed.png")
+    assert viewed(client, reply) == data
+    assert simulator.input_files() == ["a.png", "example.png", "genonaut/ab/a.png", "genonaut/big.png",
+                                                "streamed.png"]
+
+
+def test_upload_without_overwrite_keeps_the_other_file_and_returns_the_new_name(simulator):
+    client = simulator.client()
+    client.upload_image(png_bytes(color=(1, 1, 1)), name="same.png")
+    assert client.upload_image(png_bytes(color=(1, 1, 1)), name="same.png", overwrite=False)["name"] == "same.png"
+    renamed = client.upload_image(png_bytes(color=(2, 2, 2)), name="same.png", overwrite=False)
+    assert renamed["name"] == "same (1).png"
+    assert client.upload_image(png_bytes(color=(3, 3, 3)), name="same.png", overwrite=True)["name"] == "same.png"
+
+
+@pytest.mark.parametrize("name, subfolder", [("../escape.png", ""), ("x.png", "../../outside"), ("", "")])
+def test_a_refused_upload_raises_upload_rejected_without_retrying(simulator, name, subfolder):
+    from generation.comfyui.errors import UploadRejected
+
+    client = simulator.client(retries=3)
+    with pytest.raises(UploadRejected) as caught:
+        client.upload_image(png_bytes(), name=name, subfolder=subfolder)
+    assert (caught.value.status, caught.value.name, caught.value.subfolder) == (400, name, subfolder)
+    assert isinstance(caught.value, ComfyUIError) and caught.value.backend == simulator.url
+    assert simulator.stats()["uploads"] == 0
+
+
+def test_server_errors_on_upload_are_retried_from_the_start_of_the_file(simulator):
+    client = simulator.client(retries=2)
+    data = png_bytes((300, 200))
+    simulator.set_faults(upload_failures=2)
+    source = io.BytesIO(b"head" + data)
+    source.seek(4)
+    reply = client.upload_image(source, name="retried.png")  # two 500s, then stored
+    assert viewed(client, reply) == data and simulator.stats()["uploads"] == 1
+    simulator.set_faults(upload_failures=3)
+    with pytest.raises(BackendUnavailable, match="HTTP 500"):
+        client.upload_image(data, name="given-up.png")
+    assert "given-up.png" not in simulator.input_files()
+
+
+def test_an_unreachable_backend_makes_upload_raise_backend_unavailable():
+    client = ComfyUIClient(f"http://127.0.0.1:{free_port()}", timeout=1, retries=2, backoff=0.01)
+    with pytest.raises(BackendUnavailable):
+        client.upload_image(png_bytes(), name="a.png")
+    with pytest.raises(BackendUnavailable):
+        client.upload_image(io.BytesIO(png_bytes()), name="a.png")
+
+
+def test_an_uploaded_input_runs_in_img2img_and_the_image_has_its_size(simulator):
+    client = simulator.client()
+    reply = client.upload_image(png_bytes((100, 60)), name="0123abcd.png", subfolder="genonaut")
+    graph = recorded("prompt-accepted-img2img.json")["request"]["json"]["prompt"]
+    graph["11"]["inputs"]["image"] = f"{reply['subfolder']}/{reply['name']}"
+    prompt_id, seen, _ = run(client, graph)
+    assert isinstance(seen[-1], ev.ExecutionSuccess)
+    (image,) = client.history(prompt_id)["outputs"]["9"]["images"]
+    with client.view(**image) as stream:
+        assert Image.open(io.BytesIO(b"".join(stream))).size == (96, 56)  # VAEEncode crops to multiples of 8
+
+
+# --- previews and catalogue freshness ------------------------------------------------------------------
+
+@pytest.mark.parametrize("previews", [True, False])
+def test_follow_yields_previews_of_the_followed_prompt_in_both_layouts(simulator, previews):
+    client = simulator.client()
+    prompt_id, client_id = ids()
+    with client.event_stream(client_id, previews=previews) as events:
+        client.submit(txt2img(steps=3), prompt_id=prompt_id, client_id=client_id,
+                      extra_data={"preview_method": "latent2rgb"})
+        seen = list(events.follow(prompt_id, idle_interval=0.2))
+    previews_seen = [e for e in seen if isinstance(e, ev.Preview)]
+    assert len(previews_seen) == 3 and all(p.prompt_id == prompt_id for p in previews_seen)
+    assert {p.node for p in previews_seen} == ({"3"} if previews else {None})
+    assert all(Image.open(io.BytesIO(p.data)).format == "JPEG" for p in previews_seen)
+    assert (events.server_features or {}).get("supports_preview_metadata") is (True if previews else None)
+
+
+def test_no_previews_unless_the_prompt_asks_for_them(simulator):
+    client = simulator.client()
+    prompt_id, client_id = ids()
+    with client.event_stream(client_id, previews=True) as events:
+        client.submit(txt2img(steps=3), prompt_id=prompt_id, client_id=client_id,
+                      extra_data={"preview_method": "none"})
+        seen = list(events.follow(prompt_id, idle_interval=0.2))
+    assert not any(isinstance(e, ev.Preview) for e in seen) and simulator.stats()["previews_sent"] == 0
+
+
+def test_previews_are_declared_again_after_a_reconnect(simulator):
+    client = simulator.client()
+    simulator.configure(step_time=0.02)
+    dropped = []
+
+    def drop_once(event, prompt_id, events):
+        if isinstance(event, ev.Progress) and event.value == 2 and not dropped:
+            dropped.append(simulator.drop_websockets())
+
+    prompt_id, client_id = ids()
+    with client.event_stream(client_id, previews=True) as events:
+        client.submit(txt2img(steps=30), prompt_id=prompt_id, client_id=client_id,
+                      extra_data={"preview_method": "latent2rgb"})
+        seen = []
+        for event in events.follow(prompt_id, idle_interval=0.05):
+            seen.append(event)
+            drop_once(event, prompt_id, events)
+    assert dropped == [1] and events.reconnects >= 1
+    assert events.server_features == {"supports_preview_metadata": True, "max_upload_size": 104857600,
+                                      "extension": {"manager": {"supports_v4": True}}}
+    after = [e for e in seen[seen.index(next(e for e in seen if isinstance(e, ev.Progress) and e.value == 2)):]
+             if isinstance(e, ev.Preview)]
+    assert after and all(p.node == "3" for p in after)  # type-4 frames: the socket declared it again
+
+
+def test_object_info_says_when_it_was_fetched(simulator, settings):
+    client = simulator.client()
+    clear_object_info_cache()
+    settings.COMFYUI_OBJECT_INFO_TTL = 60
+    before = time.time()
+    info = client.object_info()
+    assert before <= info.fetched_at <= time.time()
+    assert client.object_info() is info  # cached: same instance, same fetched_at
+    fresh = client.object_info(refresh=True)
+    assert fresh is not info and fresh.fetched_at >= info.fetched_at
+    assert fresh.capabilities_digest == info.capabilities_digest  # nothing changed on the backend
+    simulator.configure(upscale_models=["8x-new.pth"])
+    assert client.object_info(refresh=True).capabilities_digest != info.capabilities_digest
+    assert client.object_info().model_lists()["upscale_models"] == ["8x-new.pth"]

@@ -3,6 +3,7 @@
 import copy
 import io
 import json
+import struct
 import time
 import uuid
 
@@ -303,3 +304,214 @@ def test_every_route_is_also_served_under_api(simulator, path):
     plain = requests.get(simulator.url + path, timeout=5)
     prefixed = requests.get(simulator.url + "/api" + path, timeout=5)
     assert (prefixed.status_code, prefixed.json()) == (plain.status_code, plain.json())
+
+
+# --- input images, img2img / inpaint / two-pass, previews -------------------------------------------------
+
+IMG2IMG_GRAPH = recorded("prompt-accepted-img2img.json")["request"]["json"]["prompt"]
+INPAINT_GRAPH = recorded("prompt-accepted-inpaint.json")["request"]["json"]["prompt"]
+HIRES_GRAPH = recorded("prompt-accepted-hires-two-pass.json")["request"]["json"]["prompt"]
+PREVIEW_GRAPH = recorded("prompt-accepted-with-preview-method.json")["request"]["json"]["prompt"]
+UPLOADS = recorded("upload-variants.json")
+
+
+def png(size, color, mode="RGB"):
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rgba_with_hole(size):
+    """An RGBA picture whose centre is transparent: LoadImage's MASK (slot 1) marks it for repainting."""
+    image = Image.new("RGBA", size, (20, 120, 220, 255))
+    width, height = size
+    image.paste((0, 0, 0, 0), (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(simulator, data, filename, path="/upload/image", **fields):
+    return requests.post(f"{simulator.url}{path}", files={"image": (filename, data, "image/png")}, data=fields,
+                         timeout=5)
+
+
+def without_binary(frames):
+    return [frame for frame in frames if "_binary_frame" not in frame]
+
+
+def sequence(frames):
+    """What must match a recording: frame types, nodes, sampler progress, cached node ids."""
+    out = []
+    for frame in frames:
+        if "_binary_frame" in frame:
+            out.append(("binary", frame["_binary_frame"]["event_type"]))
+            continue
+        data = frame["data"]
+        if frame["type"] == "progress":
+            out.append(("progress", data["node"], data["value"], data["max"]))
+        elif frame["type"] == "execution_cached":
+            out.append(("execution_cached", tuple(data["nodes"])))
+        elif frame["type"] == "progress_state":
+            out.append(("progress_state", tuple((n, s["value"], s["max"], s["state"]) for n, s in
+                                                data["nodes"].items())))
+        else:
+            out.append((frame["type"], data.get("node")))
+    return out
+
+
+def image_size(simulator, image):
+    response = requests.get(f"{simulator.url}/view", params=image, timeout=5)
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content)).size
+
+
+def test_img2img_inpaint_and_two_pass_follow_the_recorded_sequences_with_outputs_of_the_right_size(simulator):
+    assert upload(simulator, png((70, 50), (200, 30, 30)), "wf-input.png", overwrite="true").status_code == 200
+    assert upload(simulator, rgba_with_hole((90, 66)), "wf-rgba.png", overwrite="true").status_code == 200
+    run_recorded(simulator, TXT2IMG_LORA_GRAPH)  # the recording's server had the checkpoint node cached
+    expected_sizes = {"img2img": (64, 48), "inpaint": (88, 64), "hires-two-pass": (192, 192)}
+    for name, graph in (("img2img", IMG2IMG_GRAPH), ("inpaint", INPAINT_GRAPH), ("hires-two-pass", HIRES_GRAPH)):
+        prompt_id, frames = run_recorded(simulator, graph)
+        assert sequence(frames[1:]) == sequence(recorded(f"ws-{name}.jsonl")[1:]), name
+        for got, want in zip(frames, recorded(f"ws-{name}.jsonl"), strict=True):
+            assert shape(got) == shape(want), (name, got, want)
+        entry = requests.get(f"{simulator.url}/history/{prompt_id}", timeout=5).json()[prompt_id]
+        recorded_entry = next(iter(recorded(f"history-{name}.json").values()))
+        assert shape(entry) == shape(recorded_entry)
+        assert [m[0] for m in entry["status"]["messages"]] == [m[0] for m in recorded_entry["status"]["messages"]]
+        (image,) = entry["outputs"]["9"]["images"]
+        assert image == recorded_entry["outputs"]["9"]["images"][0]  # same names: proto/<kind>_00001_.png
+        assert image_size(simulator, image) == expected_sizes[name]
+
+
+def test_inpaint_repaints_only_the_transparent_area(simulator):
+    original = Image.open(io.BytesIO(rgba_with_hole((96, 64)))).convert("RGB")
+    upload(simulator, rgba_with_hole((96, 64)), "wf-rgba.png", overwrite="true")
+    prompt_id, _ = run_recorded(simulator, INPAINT_GRAPH)
+    (image,) = requests.get(f"{simulator.url}/history/{prompt_id}", timeout=5).json()[prompt_id]["outputs"]["9"][
+        "images"]
+    result = Image.open(io.BytesIO(requests.get(f"{simulator.url}/view", params=image, timeout=5).content))
+    assert result.convert("RGB").getpixel((2, 2)) == original.getpixel((2, 2))  # kept
+    assert result.convert("RGB").getpixel((48, 32)) != original.getpixel((48, 32))  # repainted
+
+
+@pytest.mark.parametrize("name", ["prompt-error-400-img2img-missing-input-image.json",
+                                  "prompt-error-400-img2img-traversal-image.json"])
+def test_a_missing_or_escaping_input_image_gets_the_recorded_body(simulator, name):
+    sample = recorded(name)
+    response = requests.post(f"{simulator.url}/prompt", json=sample["request"]["json"], timeout=5)
+    assert (response.status_code, response.json()) == (400, sample["response"]["body"])
+
+
+def test_upload_variants_answer_as_recorded_and_fill_loadimage(simulator):
+    first, second = png((8, 8), (1, 2, 3)), png((8, 8), (9, 9, 9))
+    mask = png((8, 8), (0, 0, 0, 0), mode="RGBA")
+    original_ref = json.dumps({"filename": "wf-input.png", "subfolder": "", "type": "input"})
+    cases = {
+        "first": upload(simulator, first, "wf-input.png", type="input", overwrite="true"),
+        "same_name_same_bytes_no_overwrite": upload(simulator, first, "wf-input.png", type="input"),
+        "same_name_other_bytes_no_overwrite": upload(simulator, second, "wf-input.png", type="input"),
+        "subfolder": upload(simulator, first, "sub.png", type="input", subfolder="genonaut/ab", overwrite="true"),
+        "subfolder_traversal": upload(simulator, first, "trav.png", type="input", subfolder="../../outside"),
+        "filename_traversal": upload(simulator, first, "../trav2.png", type="input"),
+        "not_an_image": upload(simulator, b"this is not a png", "not-an-image.png", type="input", overwrite="true"),
+        "no_image_field": requests.post(f"{simulator.url}/upload/image", data={"type": "input", "note": "x"},
+                                        files={"other": ("x.png", first)}, timeout=5),
+        "mask": upload(simulator, mask, "wf-mask.png", "/upload/mask", type="input", overwrite="true",
+                       original_ref=original_ref),
+    }
+    assert set(cases) == set(UPLOADS)
+    for case, response in cases.items():
+        want = UPLOADS[case]["response"]
+        assert response.status_code == want["status"], case
+        if want["body"] is None:
+            assert response.content == b"", case
+        else:
+            assert response.headers["Content-Type"] == want["content_type"], case
+            assert response.json() == want["body"], case
+    listed = requests.get(f"{simulator.url}/object_info/LoadImage", timeout=5).json()
+    assert listed == recorded("object_info-LoadImage-after-uploads.json")  # subfolder uploads are not listed
+    masked = requests.get(f"{simulator.url}/view", params={"filename": "wf-mask.png", "type": "input"}, timeout=5)
+    combined = Image.open(io.BytesIO(masked.content))
+    assert combined.mode == "RGBA" and combined.getpixel((0, 0)) == (1, 2, 3, 0)  # the original with the mask's alpha
+
+
+def test_view_serves_input_files_with_the_recorded_headers(simulator):
+    data = png((10, 6), (5, 6, 7))
+    upload(simulator, data, "wf-input.png", overwrite="true")
+    response = requests.get(f"{simulator.url}/view", params={"filename": "wf-input.png", "subfolder": "",
+                                                              "type": "input"}, timeout=5)
+    lines = (PROTOCOL / "view-input-headers.txt").read_text().splitlines()
+    recorded_headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    assert lines[0].endswith("-> 200") and response.status_code == 200 and response.content == data
+    for name in ("Content-Disposition", "Content-Type", "Content-Security-Policy", "Accept-Ranges"):
+        assert response.headers[name] == recorded_headers[name], name
+    assert response.headers["Content-Length"] == str(len(data))
+    assert {"Etag", "Last-Modified"} <= set(response.headers)
+    partial = requests.get(f"{simulator.url}/view", params={"filename": "wf-input.png", "type": "input"},
+                           headers={"Range": "bytes=0-7"}, timeout=5)
+    assert (partial.status_code, partial.content) == (206, data[:8])
+    assert partial.headers["Content-Range"] == f"bytes 0-7/{len(data)}"
+
+
+def raw_socket_run(simulator, graph, *, metadata, extra_data):
+    """Frames as the recorder stored them: binary ones as ``{"_binary_frame": {...}}`` with the bytes decoded."""
+    client_id = str(uuid.uuid4())
+    socket = websocket.create_connection(simulator.url.replace("http://", "ws://") + f"/ws?clientId={client_id}",
+                                         timeout=5)
+    if metadata:
+        socket.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+    prompt_id = post_prompt(simulator, graph, client_id, extra_data=extra_data).json()["prompt_id"]
+    frames = []
+    while True:
+        opcode, payload = socket.recv_data()
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            frames.append({"_binary_frame": decode_preview_frame(payload)})
+            continue
+        frame = json.loads(payload)
+        frames.append(frame)
+        if frame["type"] == "executing" and frame["data"]["node"] is None:
+            break
+    socket.close()
+    return prompt_id, frames
+
+
+def decode_preview_frame(payload):
+    event_type, second = struct.unpack(">II", payload[:8])
+    if event_type == 4:
+        metadata = json.loads(payload[8:8 + second])
+        return {"event_type": 4, "metadata": metadata, "image": payload[8 + second:]}
+    return {"event_type": event_type, "image_type": second, "image": payload[8:]}
+
+
+@pytest.mark.parametrize("layout, metadata", [("legacy", False), ("with-metadata", True)])
+def test_previews_follow_the_recorded_layouts(simulator, layout, metadata):
+    extra_data = recorded("prompt-accepted-with-preview-method.json")["request"]["json"]["extra_data"]
+    run_recorded(simulator, HIRES_GRAPH)  # warms the checkpoint and latent nodes, as on the recording server
+    if metadata:  # the recorded run came right after the legacy one: only the seed differs
+        raw_socket_run(simulator, PREVIEW_GRAPH, metadata=False, extra_data=extra_data)
+        graph = copy.deepcopy(PREVIEW_GRAPH)
+        graph["3"]["inputs"]["seed"] += 1
+    else:
+        graph = PREVIEW_GRAPH
+    prompt_id, frames = raw_socket_run(simulator, graph, metadata=metadata, extra_data=extra_data)
+    expected = recorded(f"ws-previews-{layout}.jsonl")
+    end = next(i for i, f in enumerate(frames) if f.get("type") == "execution_success") + 1
+    assert sequence(frames[1:end]) == sequence(expected[1:])
+    previews = [frame["_binary_frame"] for frame in frames if "_binary_frame" in frame]
+    recorded_previews = [frame["_binary_frame"] for frame in expected if "_binary_frame" in frame]
+    assert len(previews) == len(recorded_previews) == 4
+    for got, want in zip(previews, recorded_previews, strict=True):
+        if metadata:
+            assert got["metadata"] == {**want["metadata"], "prompt_id": prompt_id}
+        else:
+            assert got["image_type"] == want["image_type"] == 1
+        picture = Image.open(io.BytesIO(got["image"]))
+        assert (picture.format, picture.size) == ("JPEG", (512, 512))  # a 64² image's preview, as recorded
+    if metadata:
+        assert frames[1] == expected[1]  # the server's feature_flags answer after the first status
+    # the picture forms: each preview is closer to the last one than the one before it
+    pixels = [Image.open(io.BytesIO(p["image"])).convert("L").resize((32, 32)).tobytes() for p in previews]
+    distance = [sum(abs(a - b) for a, b in zip(p, pixels[-1], strict=True)) for p in pixels[:-1]]
+    assert distance == sorted(distance, reverse=True) and distance[0] > distance[-1]

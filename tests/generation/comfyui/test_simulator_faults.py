@@ -1,5 +1,7 @@
 """Fault injection and the simulator's control API (by option, by environment, at run time)."""
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -8,9 +10,12 @@ import uuid
 
 import pytest
 import requests
+import websocket
+from PIL import Image
 
 from generation.comfyui import events as ev
 from generation.comfyui.errors import BackendUnavailable, PromptUnknown
+from tests.generation.comfyui.conftest import recorded
 from tests.generation.comfyui.test_client import run, txt2img
 from tests.plugins.simulator import ROOT
 
@@ -159,3 +164,107 @@ def test_environment_configures_faults_and_timings():
                             timeout=30, check=True).stdout
     assert output.split() == ["0.5", "0.123"]
 
+
+
+def frames_until(socket, predicate, *, timeout=5.0):
+    """Text frames received until ``predicate(frame)`` (included); fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    frames = []
+    socket.settimeout(timeout)
+    while time.monotonic() < deadline:
+        frame = json.loads(socket.recv())
+        frames.append(frame)
+        if predicate(frame):
+            return frames
+    raise AssertionError(f"condition not met within {timeout}s: {[f['type'] for f in frames]}")
+
+
+def open_socket(simulator, client_id):
+    socket = websocket.create_connection(simulator.url.replace("http://", "ws://") + f"/ws?clientId={client_id}",
+                                         timeout=5)
+    socket.recv()  # the first status frame
+    return socket
+
+
+def test_a_stalled_prompt_keeps_running_silently_until_interrupted(simulator):
+    simulator.configure(step_time=0.01)
+    simulator.set_faults(stall_rate=1.0, stall_at_step=2)
+    client, client_id, prompt_id = simulator.client(), str(uuid.uuid4()), str(uuid.uuid4())
+    socket = open_socket(simulator, client_id)
+    client.submit(txt2img(steps=10), prompt_id=prompt_id, client_id=client_id)
+    frames_until(socket, lambda f: f["type"] == "progress" and f["data"]["value"] == 2)
+    simulator.wait_for(lambda s: s["stalled"] == prompt_id)
+    socket.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        socket.recv()  # nothing at all while it hangs
+    assert client.queue().running == [prompt_id] and client.locate(prompt_id).state == "running"
+    requests.post(f"{simulator.url}/interrupt", json={"prompt_id": prompt_id}, timeout=5)
+    frames = frames_until(socket, lambda f: f["type"] == "executing" and f["data"]["node"] is None)
+    assert [f["type"] for f in frames] == [f["type"] for f in recorded("ws-interrupted.jsonl")[-3:]]
+    assert frames[0]["data"]["node_id"] == "3" and frames[0]["data"]["node_type"] == "KSampler"
+    entry = client.history(prompt_id)
+    assert entry["status"]["status_str"] == "error" and entry["status"]["messages"][-1][0] == "execution_interrupted"
+    assert simulator.stats()["stalled"] is None
+    socket.close()
+
+
+def test_clearing_the_stall_fault_lets_the_prompt_finish(simulator):
+    simulator.configure(step_time=0.01)
+    simulator.set_faults(stall_rate=1.0, stall_at_step=3)
+    client, client_id, prompt_id = simulator.client(), str(uuid.uuid4()), str(uuid.uuid4())
+    socket = open_socket(simulator, client_id)
+    client.submit(txt2img(steps=6), prompt_id=prompt_id, client_id=client_id)
+    simulator.wait_for(lambda s: s["stalled"] == prompt_id)
+    simulator.set_faults(stall_rate=0.0)
+    frames = frames_until(socket, lambda f: f["type"] == "executing" and f["data"]["node"] is None)
+    assert [f["data"]["value"] for f in frames if f["type"] == "progress"][-3:] == [4, 5, 6]
+    assert "execution_success" in [f["type"] for f in frames]
+    socket.close()
+
+
+def test_a_graph_without_sampler_stalls_before_its_first_node(simulator):
+    simulator.set_faults(stall_rate=1.0)
+    client = simulator.client()
+    graph = recorded("prompt-accepted.json")["request"]["json"]["prompt"]
+    prompt_id = str(uuid.uuid4())
+    client.submit(graph, prompt_id=prompt_id, client_id="c")
+    simulator.wait_for(lambda s: s["stalled"] == prompt_id)
+    client.interrupt()
+    simulator.wait_for(lambda s: s["running"] is None)
+    assert client.history(prompt_id)["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_a_restart_keeps_uploaded_inputs_but_forgets_queue_and_history(simulator):
+    client = simulator.client()
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 32), (9, 9, 9)).save(buffer, format="PNG")
+    client.upload_image(buffer.getvalue(), name="kept.png", subfolder="genonaut")
+    graph = recorded("prompt-accepted-img2img.json")["request"]["json"]["prompt"]
+    graph["11"]["inputs"]["image"] = "genonaut/kept.png"
+    done, _, _ = run(client, graph)
+    simulator.restart()
+    assert client.locate(done).state == "unknown"
+    prompt_id, seen, _ = run(client, graph)  # validates and loads the file kept on "disk"
+    assert isinstance(seen[-1], ev.ExecutionSuccess) and "genonaut/kept.png" in simulator.input_files()
+    simulator.reset()
+    assert simulator.input_files() == ["example.png"]
+
+
+def test_an_upload_that_is_not_an_image_fails_in_loadimage_at_run_time(simulator):
+    client = simulator.client()
+    client.upload_image(b"17 bytes of text.", name="not-an-image.png")
+    graph = recorded("prompt-accepted-img2img.json")["request"]["json"]["prompt"]
+    graph["11"]["inputs"]["image"] = "not-an-image.png"
+    _, seen, _ = run(client, graph)  # ComfyUI accepts it at upload and validation, fails when loading
+    last = seen[-1]
+    assert isinstance(last, ev.ExecutionError)
+    assert (last.node_id, last.node_type, last.exception_type) == ("11", "LoadImage", "PIL.UnidentifiedImageError")
+
+
+@pytest.mark.parametrize("faults, message", [({"stall_rate": "often"}, "stall_rate must be a number"),
+                                             ({"drop_websockets": 1}, "drop_websockets must be true or false"),
+                                             ({"upload_failures": 1.5}, "upload_failures must be a whole number"),
+                                             ({"view_delay": -1}, "view_delay must be a number >= 0")])
+def test_faults_of_the_wrong_type_are_refused(simulator, faults, message):
+    response = requests.post(f"{simulator.url}/_simulator/faults", json=faults, timeout=5)
+    assert response.status_code == 400 and message in response.json()["error"]

@@ -7,11 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generation.comfyui.object_info import recorded_object_info
-from generation.comfyui.validation import validate_prompt
+from generation.comfyui.validation import annotated_path, file_exists_check, validate_prompt
 from tests.generation.comfyui.conftest import PROTOCOL, recorded
 
 ERROR_SAMPLES = sorted(p.name for p in PROTOCOL.glob("prompt-error-400-*.json"))
 PARTIAL_SAMPLES = sorted(p.name for p in PROTOCOL.glob("prompt-partial-*-200.json"))
+# what the recording server's input folder held when the img2img/inpaint samples ran
+RECORDED_INPUTS = {("input", "example.png"), ("input", "wf-input.png"), ("input", "wf-rgba.png"),
+                   ("input", "genonaut/ab/sub.png")}
+UPLOADS_CHECK = file_exists_check(lambda folder, path: (folder, path) in RECORDED_INPUTS)
+IMG2IMG = recorded("prompt-accepted-img2img.json")["request"]["json"]["prompt"]
 
 
 def _comparable(node_errors):
@@ -28,14 +33,15 @@ def _comparable(node_errors):
 
 
 def test_every_error_case_is_sampled():
-    assert len(ERROR_SAMPLES) == 11 and len(PARTIAL_SAMPLES) == 2
+    assert len(ERROR_SAMPLES) == 13 and len(PARTIAL_SAMPLES) == 2
 
 
 @pytest.mark.parametrize("name", [n for n in ERROR_SAMPLES if "without-prompt-key" not in n])
-def test_rejections_match_the_recorded_400_bodies(name, recorded_object_info_data):
+def test_rejections_match_the_recorded_400_bodies(name):
     sample = recorded(name)
     expected = sample["response"]["body"]
-    result = validate_prompt(sample["request"]["json"]["prompt"], recorded_object_info_data)
+    result = validate_prompt(sample["request"]["json"]["prompt"], recorded_object_info(),
+                             custom_checks=UPLOADS_CHECK)
     assert not result.ok
     body = result.body()
     assert body["error"] == expected["error"]
@@ -59,11 +65,55 @@ def test_partial_acceptance_matches_the_recorded_200_bodies(name, recorded_objec
     assert _comparable(result.node_errors) == _comparable(sample["response"]["body"]["node_errors"])
 
 
-@pytest.mark.parametrize("name", ["prompt-accepted.json", "prompt-accepted-txt2img-lora.json",
-                                  "prompt-accepted-execution-error.json"])
-def test_accepted_graphs_validate(name, recorded_object_info_data):
-    result = validate_prompt(recorded(name)["request"]["json"]["prompt"], recorded_object_info_data)
-    assert result.ok and result.node_errors == {}
+@pytest.mark.parametrize("name", sorted(p.name for p in PROTOCOL.glob("prompt-accepted*.json")
+                                         if p.name != "prompt-accepted-client-prompt_id.json"))
+def test_accepted_graphs_validate(name):
+    for checks in (UPLOADS_CHECK, None):
+        result = validate_prompt(recorded(name)["request"]["json"]["prompt"], recorded_object_info(),
+                                 custom_checks=checks)
+        assert result.ok and result.node_errors == {}
+
+
+def test_without_custom_checks_any_input_image_name_is_accepted():
+    """The dispatcher cannot know a backend's files: like ComfyUI, LoadImage's list is not checked."""
+    for name in ("never-uploaded.png", "genonaut/0123abcd.png", "x.png [output]"):
+        graph = {**IMG2IMG, "11": {"class_type": "LoadImage", "inputs": {"image": name}}}
+        assert validate_prompt(graph, recorded_object_info()).ok
+
+
+def test_uploads_in_a_subfolder_validate_though_object_info_does_not_list_them():
+    graph = {**IMG2IMG, "11": {"class_type": "LoadImage", "inputs": {"image": "genonaut/ab/sub.png"}}}
+    assert "genonaut/ab/sub.png" not in recorded_object_info().choices("LoadImage", "image")
+    assert validate_prompt(graph, recorded_object_info(), custom_checks=UPLOADS_CHECK).ok
+    graph["11"]["inputs"]["image"] = "genonaut/ab/other.png"
+    result = validate_prompt(graph, recorded_object_info(), custom_checks=UPLOADS_CHECK)
+    (error,) = result.node_errors["11"]["errors"]
+    assert (error["type"], error["details"]) == ("custom_validation_failed",
+                                                 "image - Invalid image file: genonaut/ab/other.png")
+
+
+def test_custom_checks_cover_every_file_loader_and_only_their_file_input():
+    graph = {"1": {"class_type": "LoadImageMask", "inputs": {"image": "gone.png", "channel": "purple"}},
+             "2": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 0]}},
+             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "m"}}}
+    result = validate_prompt(graph, recorded_object_info(), custom_checks=UPLOADS_CHECK)
+    errors = {e["extra_info"]["input_name"]: e for e in result.node_errors["1"]["errors"]}
+    assert errors["channel"]["type"] == "value_not_in_list"  # the other inputs keep their usual checks
+    assert errors["image"]["details"] == "image - Invalid image file: gone.png"
+    graph["1"] = {"class_type": "LoadLatent", "inputs": {"latent": "a.latent"}}
+    graph["2"] = {"class_type": "VAEDecode", "inputs": {"samples": ["1", 0], "vae": ["4", 2]}}
+    graph["4"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15-random.safetensors"}}
+    result = validate_prompt(graph, recorded_object_info(), custom_checks=UPLOADS_CHECK)
+    assert result.node_errors["1"]["errors"][0]["details"] == "latent - Invalid latent file: a.latent"
+
+
+@pytest.mark.parametrize("name, expected", [("a.png", ("input", "a.png")), ("sub/a.png", ("input", "sub/a.png")),
+                                            ("a.png [output]", ("output", "a.png")),
+                                            ("p/a_00001_.png [temp]", ("temp", "p/a_00001_.png")),
+                                            ("x/../a.png", ("input", "a.png")), ("../../etc/passwd", None),
+                                            ("/etc/passwd", None), ("..", None), ("", None), (5, None)])
+def test_annotated_paths_never_leave_their_folder(name, expected):
+    assert annotated_path(name) == expected
 
 
 def test_value_below_min(recorded_object_info_data):
