@@ -119,17 +119,10 @@ def check_idle_backends():
 
 # --- capabilities: which node classes and model files each backend has --------------------------------
 
-# ComfyUI's loader inputs that list a model folder's files
-_MODEL_LIST_INPUTS = {"checkpoints": ("CheckpointLoaderSimple", "ckpt_name"), "loras": ("LoraLoader", "lora_name"),
-                      "upscale_models": ("UpscaleModelLoader", "model_name")}
-
-
 def capabilities_of(object_info):
     """``(node classes, {folder: [files]})`` a backend's ``/object_info`` shows."""
-    lists = {}
-    for folder, (node, name) in _MODEL_LIST_INPUTS.items():
-        lists[folder] = sorted(object_info.choices(node, name)) if object_info.has_node(node) else []
-    return sorted(object_info.data), lists
+    return sorted(object_info.node_classes), {folder: sorted(names) for folder, names in
+                                              object_info.model_lists().items()}
 
 
 def record_capabilities(url, object_info):
@@ -140,21 +133,23 @@ def record_capabilities(url, object_info):
     return nodes, lists
 
 
-_noted = {}  # url -> the ObjectInfo this process recorded last (the client caches one per URL)
+_noted = {}  # url -> capabilities digest this process recorded last
 
 
 def note_object_info(url, object_info):
-    """Record ``object_info`` unless it is the copy this process recorded already (a cache hit)."""
-    if _noted.get(url) is not object_info:
+    """Record ``object_info``'s capabilities unless this process recorded the same ones already (the
+    client caches one copy per URL; a fresh copy with equal node classes and model lists costs nothing)."""
+    digest = object_info.capabilities_digest
+    if _noted.get(url) != digest:
         record_capabilities(url, object_info)
-        _noted[url] = object_info
+        _noted[url] = digest
 
 
 def refresh_capabilities(url, client=None):
     """Fetch ``url``'s ``/object_info`` afresh and record it; raises ``BackendUnavailable``."""
     info = (client or client_for(url)).object_info(refresh=True)
     record_capabilities(url, info)
-    _noted[url] = info
+    _noted[url] = info.capabilities_digest
     return info
 
 
