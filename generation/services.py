@@ -20,17 +20,16 @@ from generation.states import ACTIVE, WAITING, Status
 logger = logging.getLogger(__name__)
 
 
-def submit_generation(*, user, data, idempotency_key=None):
+def submit_generation(*, user, data, idempotency=None):
     """Validate ``data``, store a new request and queue it once the transaction commits.
 
-    Returns ``(request, created)``. With an ``idempotency_key`` already used by this user,
-    the original request is returned and nothing new is stored.
+    Returns ``(request, created)``. With an :class:`~generation.idempotency.Idempotency` whose key
+    this user already used for the same call, the original request is returned and nothing new
+    is stored; the same key used for a different call raises ``IdempotencyKeyReused``.
     Raises ``ParamsInvalid`` or ``TooManyActiveRequests``.
     """
-    if idempotency_key:
-        existing = GenerationRequest.objects.filter(user=user, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return existing, False
+    if idempotency is not None and (original := idempotency.original(user)) is not None:
+        return original, False
     params = validate_params(data)
     limit = settings.GENERATION["MAX_ACTIVE_PER_USER"]
     try:
@@ -40,13 +39,16 @@ def submit_generation(*, user, data, idempotency_key=None):
             active = GenerationRequest.objects.filter(user=user, status__in=list(ACTIVE)).count()
             if active >= limit:
                 raise TooManyActiveRequests(limit)
-            request = GenerationRequest.objects.create(user=user, idempotency_key=idempotency_key or None,
-                                                       **params.as_fields())
+            request = GenerationRequest.objects.create(user=user, **params.as_fields())
+            if idempotency is not None:
+                idempotency.remember(user=user, request=request)
             transaction.on_commit(lambda: queue_generation(request.pk, request=request))
     except IntegrityError:
-        if idempotency_key:  # a concurrent submit with the same key won the race
-            return GenerationRequest.objects.get(user=user, idempotency_key=idempotency_key), False
-        raise
+        # a concurrent call with the same key committed first (it held the user lock): answer its request
+        original = idempotency.original(user) if idempotency is not None else None
+        if original is None:
+            raise
+        return original, False
     return request, True
 
 
@@ -77,8 +79,10 @@ def queue_generation(request_id, *, request=None):
         logger.exception("could not enqueue a dispatch wake-up for %s; the reconciler will", request_id)
 
 
-def regenerate_generation(*, request, user, same_seed=False, idempotency_key=None):
-    """Submit a new request with ``request``'s parameters (a new random seed unless ``same_seed``)."""
+def regenerate_generation(*, request, user, same_seed=False, idempotency=None):
+    """Submit a new request with ``request``'s parameters (a new random seed unless ``same_seed``).
+
+    Returns ``(request, created)`` like :func:`submit_generation`."""
     sampler = dict(request.sampler_params or {})
     if not same_seed:
         sampler["seed"] = RANDOM_SEED
@@ -93,11 +97,11 @@ def regenerate_generation(*, request, user, same_seed=False, idempotency_key=Non
         "sampler_params": sampler,
         "webhook_url": request.webhook_url,
     }
-    new, created = submit_generation(user=user, data=data, idempotency_key=idempotency_key)
+    new, created = submit_generation(user=user, data=data, idempotency=idempotency)
     if created:
         GenerationRequest.objects.filter(pk=new.pk).update(regenerated_from=request)
         new.regenerated_from = request
-    return new
+    return new, created
 
 
 def cancel_generation(*, request):

@@ -1,13 +1,19 @@
 """Top-level routes: the UI, the API (v1), the schema and docs, admin, health."""
 
 from django.contrib import admin
+from django.contrib.auth.views import LoginView
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from generation.login_guard import GuardedAdminAuthenticationForm, GuardedAuthenticationForm
 from genonaut import health
+
+# both login pages say when the login guard refused (generation/login_guard.py)
+admin.site.login_form = GuardedAdminAuthenticationForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/login/", LoginView.as_view(authentication_form=GuardedAuthenticationForm), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),  # login/logout for the UI (settings.LOGIN_URL)
     path("api/v1/", include("generation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -14,7 +14,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from generation.errors import GenerationError, ParamsInvalid, TooManyActiveRequests
+from generation.errors import GenerationError, ParamsInvalid
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -104,9 +104,10 @@ def exception_handler(exc, context):
     if isinstance(exc, GenerationError):
         set_rollback()
         headers = {}
-        if isinstance(exc, TooManyActiveRequests):
+        if getattr(exc, "retry_after", None):  # TooManyActiveRequests, LoginLocked
             headers["Retry-After"] = str(exc.retry_after)
-        return Response(error_body(code=exc.code, message=exc.message), status=exc.status, headers=headers)
+        return Response(error_body(code=exc.code, message=exc.message, fields=getattr(exc, "fields", None)),
+                        status=exc.status, headers=headers)
     if isinstance(exc, exceptions.APIException):
         set_rollback()
         return _api_exception_response(exc)
