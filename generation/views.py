@@ -6,6 +6,7 @@ State changes (submit, cancel, regenerate, delete) are POSTs with CSRF.
 
 import hashlib
 import json
+import re
 import uuid
 
 from django.contrib import messages
@@ -222,7 +223,7 @@ def history(request):
     sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
     requests = selectors.history_for_user(request.user, status=status or None, newest_first=SORTS[sort])
     number = request.GET.get("page", "")
-    number = int(number) if number.isdigit() and len(number) < 9 else 1
+    number = int(number) if re.fullmatch(r"[0-9]{1,8}", number) else 1  # ASCII: int("²") raises
     page = LookaheadPaginator(requests, HISTORY_PAGE_SIZE, number=number).get_page(number)
     cards = [{"generation": g, "images": image_links(g)} for g in page.object_list]
     return render(request, "generation/history.html",

@@ -307,8 +307,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny" if API_DOCS_PUBLIC
-                          else "rest_framework.permissions.IsAuthenticated"],
+    "SERVE_PERMISSIONS": ["genonaut.api_docs.DocsAccess"],  # API_DOCS_PUBLIC
 }
 
 # --- ComfyUI backends -----------------------------------------------------------------------

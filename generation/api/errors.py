@@ -64,8 +64,23 @@ def flatten_errors(detail, prefix=""):
     return fields
 
 
+ECHO_LIMIT = 300
+
+
+def shorten(message, limit=ECHO_LIMIT):
+    """``message`` cut in the middle past ``limit`` characters: messages quote what was sent
+    ("'…' is not an available checkpoint."), and a 100,000-character input must not come back whole."""
+    message = str(message)
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    return f"{message[:limit - tail - 1]}…{message[-tail:]}"
+
+
 def error_body(*, code, message, fields=None):
-    return {"error": {"code": code, "message": str(message), "fields": fields or {}}}
+    return {"error": {"code": code, "message": shorten(message),
+                      "fields": {shorten(name, 200): [shorten(text) for text in texts]
+                                 for name, texts in (fields or {}).items()}}}
 
 
 def _api_exception_response(exc):

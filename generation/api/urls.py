@@ -7,6 +7,9 @@ from generation.api import views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
+# No ".json" suffix routes: the actions take no format argument (they answered 500), and JSON is
+# the default anyway; "?format=" and Accept still choose the browsable API.
+router.include_format_suffixes = False
 router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
 router.register("comfyui", views.GenerationViewSet, basename="generation")
 
