@@ -18,11 +18,14 @@ from generation.models import BackendState, GenerationRequest
 def _pretty_json(value):
     if value in (None, "", {}, []):
         return "—"
-    return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
-                       json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+    return format_html('<pre class="admin-json">{}</pre>', json.dumps(value, indent=2, sort_keys=True,
+                                                                     ensure_ascii=False))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["css/admin.css"]}
+
     def has_add_permission(self, request):
         return False
 

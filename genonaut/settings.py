@@ -270,7 +270,7 @@ X_FRAME_OPTIONS = "DENY"
 # origin to img-src when images are served from S3 by signed-URL redirects).
 CONTENT_SECURITY_POLICY = {
     "default-src": ["'self'"],
-    "img-src": ["'self'", "data:"],
+    "img-src": ["'self'", "data:"],  # Swagger UI's icons are data: SVGs (an image runs no script)
     "object-src": ["'none'"],
     "base-uri": ["'self'"],
     "form-action": ["'self'"],

@@ -21,6 +21,9 @@ def _listing(items):
 
 @admin.register(AvailableModel)
 class AvailableModelAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["css/admin.css"]}  # no inline styles (Content-Security-Policy)
+
     list_display = ("name", "type", "base_architecture", "is_active", "is_present", "size", "header_ok", "last_seen")
     list_filter = ("type", "is_active", "is_present", "base_architecture")
     list_editable = ("is_active",)
@@ -55,7 +58,7 @@ class AvailableModelAdmin(admin.ModelAdmin):
     def pretty_metadata(self, obj):
         if not obj.metadata:
             return "—"
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>',
+        return format_html('<pre class="admin-json">{}</pre>',
                            json.dumps(obj.metadata, indent=2, sort_keys=True, ensure_ascii=False))
 
     @admin.action(description="Offer selected models to users", permissions=["change"])
