@@ -12,6 +12,7 @@ from django.contrib.admin.utils import flatten_fieldsets
 from django.template.defaultfilters import truncatechars
 from django.utils.html import format_html
 
+from generation.login_guard import LoginCounter
 from generation.models import BackendState, GenerationRequest
 
 
@@ -111,3 +112,19 @@ class BackendStateAdmin(ReadOnlyAdmin):
     @admin.display(description="last error")
     def short_error(self, obj):
         return truncatechars(obj.last_error, 80)
+
+
+@admin.register(LoginCounter)
+class LoginCounterAdmin(admin.ModelAdmin):
+    """The login guard's counters: staff unlock an account or address by deleting its row."""
+
+    list_display = ("kind", "key", "attempts", "lockouts", "locked_until", "last_attempt_at")
+    list_filter = ("kind",)
+    search_fields = ("key",)
+    ordering = ("-last_attempt_at",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
