@@ -6,21 +6,25 @@ answered by a redirect to a signed URL on the storage's own host, so that origin
 ``img-src`` (signing a URL is local, no request is made).
 """
 
+import logging
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+logger = logging.getLogger(__name__)
+
 
 def storage_origin():
-    """The origin image URLs redirect to, or "" when the storage serves through this site."""
+    """The origin image URLs redirect to, or "" when the storage serves through this site.
+    Raises what the storage raises when it cannot sign (e.g. no S3 credentials)."""
     parts = urlsplit(default_storage.url("generations/csp-origin"))
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
 
 
-def policy():
+def policy(origin=""):
     directives = {name: list(sources) for name, sources in settings.CONTENT_SECURITY_POLICY.items()}
-    if origin := storage_origin():
+    if origin:
         directives.setdefault("img-src", ["'self'"]).append(origin)
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
 
@@ -35,7 +39,15 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         if "Content-Security-Policy" not in response:
-            if self.header is None:  # built on first use: the storage is configured by then
-                self.header = policy()
-            response["Content-Security-Policy"] = self.header
+            response["Content-Security-Policy"] = self.header or self._build()
         return response
+
+    def _build(self):
+        """Built on first use (the storage is configured by then); a storage that cannot sign yet
+        must not fail the page: the policy goes out without its origin and is built again next time."""
+        try:
+            self.header = policy(storage_origin())
+        except Exception:
+            logger.warning("could not learn the storage's origin for img-src; images may be blocked", exc_info=True)
+            return policy()
+        return self.header

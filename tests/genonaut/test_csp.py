@@ -17,8 +17,17 @@ def test_images_served_from_s3_add_the_storage_origin(settings):
         "bucket_name": "genonaut-images", "endpoint_url": "http://127.0.0.1:9000", "access_key": "k",
         "secret_key": "s", "region_name": "us-east-1"}}}
     assert csp.storage_origin() == "http://127.0.0.1:9000"  # a signed URL is made locally: no request
-    assert "img-src 'self' data: http://127.0.0.1:9000;" in csp.policy()
+    assert "img-src 'self' data: http://127.0.0.1:9000;" in csp.policy(csp.storage_origin())
 
 
 def test_local_storage_adds_nothing():
-    assert csp.storage_origin() == "" and "img-src 'self' data:;" in csp.policy()
+    assert csp.storage_origin() == "" and "img-src 'self' data:;" in csp.policy(csp.storage_origin())
+
+
+def test_a_storage_that_cannot_sign_does_not_fail_pages(client, db, monkeypatch):
+    def broken():
+        raise RuntimeError("no credentials")
+
+    monkeypatch.setattr(csp, "storage_origin", broken)
+    response = client.get("/accounts/login/")
+    assert response.status_code == 200 and response["Content-Security-Policy"].startswith("default-src 'self'")
