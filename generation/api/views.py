@@ -53,8 +53,8 @@ AUTH_ERRORS = {401: _ERR}
 READ_ERRORS = {400: _ERR, 401: _ERR, 404: _ERR}
 IDEMPOTENCY_PARAM = OpenApiParameter(
     IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
-    description="Any 1 to 255 printable characters, kept 24 hours (IDEMPOTENCY_KEY_HOURS) per user and operation. "
-                "Repeating it with the same body answers the original request (201, Idempotent-Replayed: "
+    description="Any 1 to 255 printable characters, kept per user and operation for IDEMPOTENCY_KEY_HOURS (24 by "
+                "default). Repeating it with the same body answers the original request (201, Idempotent-Replayed: "
                 "true) instead of creating another; with a different body, 422.")
 REPLAYED_HEADER = "Idempotent-Replayed"
 
