@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from urllib.parse import urlsplit
 
-import certifi
+from requests.certs import where as ca_bundle
 from requests.utils import requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
@@ -252,7 +252,7 @@ def _connect(checked, *, timeout, ca_certs):
         if checked.scheme == "https":
             connection = HTTPSConnection(address, checked.port, timeout=timeout, server_hostname=checked.host,
                                          assert_hostname=checked.host, cert_reqs="CERT_REQUIRED",
-                                         ca_certs=ca_certs or certifi.where())
+                                         ca_certs=ca_certs or ca_bundle())  # the CAs requests trusts
         else:
             connection = HTTPConnection(address, checked.port, timeout=timeout)
         try:
