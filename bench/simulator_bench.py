@@ -41,12 +41,12 @@ from tests.plugins.simulator import start_simulator  # noqa: E402
 SECTIONS = ("submit", "view", "upload", "previews")
 
 
-def workflow(size, steps, prefix):
+def workflow(size, steps, prefix, *, seed=1, loras=True):
+    lora = [{"name": "tiny-lora.safetensors", "strength_model": 0.8, "strength_clip": 0.8}] if loras else []
     params = {"prompt": "benchmark lighthouse", "negative_prompt": "blurry",
-              "checkpoint_model": "tiny-sd15-random.safetensors",
-              "lora_models": [{"name": "tiny-lora.safetensors", "strength_model": 0.8, "strength_clip": 0.8}],
+              "checkpoint_model": "tiny-sd15-random.safetensors", "lora_models": lora,
               "width": size, "height": size, "batch_size": 1,
-              "sampler_params": {"seed": 1, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
+              "sampler_params": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
                                  "scheduler": "normal", "denoise": 1.0}}
     return get_workflow("txt2img").build(params, files={}, filename_prefix=prefix)
 
@@ -136,11 +136,7 @@ def preview_costs(simulator, steps, repeats):
 
     def one(extra_data, previews, seed):
         prompt_id = str(uuid.uuid4())
-        graph = build_workflow(prompt="benchmark lighthouse", negative_prompt="", lora_models=[],
-                               checkpoint_model="tiny-sd15-random.safetensors", width=512, height=512,
-                               batch_size=1, sampler_params={"seed": seed, "steps": steps, "cfg": 7.0,
-                                                             "sampler_name": "euler", "scheduler": "normal",
-                                                             "denoise": 1.0}, filename_prefix="bench/preview")
+        graph = workflow(512, steps, "bench/preview", seed=seed, loras=False)
         started = time.perf_counter()
         frames = []
         with client.event_stream(prompt_id, previews=previews) as events:

@@ -7,9 +7,13 @@ per host with gunicorn's own ``GUNICORN_CMD_ARGS`` (e.g. ``--workers 3``), not b
 
 import multiprocessing
 
-# nginx on the same host talks to this port; gunicorn trusts its X-Forwarded-* from 127.0.0.1 only.
+# nginx on the same host talks to this port.
 bind = "127.0.0.1:8000"
-forwarded_allow_ips = "127.0.0.1"
+# One switch, in Django: BEHIND_TLS_PROXY (and TRUSTED_PROXY_COUNT) say whether X-Forwarded-Proto
+# and X-Forwarded-For are believed. gunicorn trusts no proxy, so it never marks a request https
+# on its own (it used to, from 127.0.0.1, even with BEHIND_TLS_PROXY off).
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
 
 # Requests are short database reads/writes (generation runs in the Django-Q workers), so the classic
 # 2 x cores + 1 sync workers keep the CPU busy; each costs ~75 MiB RSS, ~57 MiB PSS (bench/README.md).

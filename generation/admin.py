@@ -12,17 +12,21 @@ from django.contrib.admin.utils import flatten_fieldsets
 from django.template.defaultfilters import truncatechars
 from django.utils.html import format_html
 
+from generation.login_guard import LoginCounter
 from generation.models import BackendState, GenerationRequest
 
 
 def _pretty_json(value):
     if value in (None, "", {}, []):
         return "—"
-    return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
-                       json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+    return format_html('<pre class="admin-json">{}</pre>', json.dumps(value, indent=2, sort_keys=True,
+                                                                     ensure_ascii=False))
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["css/admin.css"]}
+
     def has_add_permission(self, request):
         return False
 
@@ -46,7 +50,7 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
         (None, {"fields": ("id", "user", "status", "progress_percent", "current_node", "current_step",
                            "total_steps", "backend", "comfyui_prompt_id", "attempts")}),
         ("Asked for", {"fields": ("workflow_slug", "workflow_version", "pretty_params", "prompt", "checkpoint_model",
-                                  "checkpoint", "width", "height", "batch_size", "webhook_url", "idempotency_key",
+                                  "checkpoint", "width", "height", "batch_size", "webhook_url",
                                   "regenerated_from")}),
         ("Error", {"fields": ("error", "pretty_error_detail")}),
         ("Results", {"fields": ("pretty_outputs", "pretty_thumbnails", "webhook_delivered_at")}),
@@ -104,3 +108,19 @@ class BackendStateAdmin(ReadOnlyAdmin):
     @admin.display(description="last error")
     def short_error(self, obj):
         return truncatechars(obj.last_error, 80)
+
+
+@admin.register(LoginCounter)
+class LoginCounterAdmin(admin.ModelAdmin):
+    """The login guard's counters: staff unlock an account or address by deleting its row."""
+
+    list_display = ("kind", "key", "attempts", "lockouts", "locked_until", "last_attempt_at")
+    list_filter = ("kind",)
+    search_fields = ("key",)
+    ordering = ("-last_attempt_at",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

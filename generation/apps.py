@@ -6,4 +6,10 @@ class GenerationConfig(AppConfig):
     name = 'generation'
 
     def ready(self):
-        from generation import checks  # noqa: F401 - registers the system checks
+        # models that live with the concept they serve, outside models.py
+        from generation import (  # noqa: F401
+            checks,
+            idempotency,
+            login_guard,
+            throttling,
+        )

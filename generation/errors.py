@@ -41,3 +41,28 @@ class NotCancellable(GenerationError):
 
     code = "not_cancellable"
     status = 409
+
+
+class LoginLocked(GenerationError):
+    """Too many failed logins for this account or from this address."""
+
+    code = "login_locked"
+    status = 429
+
+    def __init__(self, retry_after):
+        minutes = max(1, -(-retry_after // 60))
+        super().__init__("Too many failed logins for this account or from this address; "
+                         f"try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+        self.retry_after = retry_after
+
+
+class IdempotencyKeyReused(GenerationError):
+    """This Idempotency-Key was already used for a different request."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+    def __init__(self, header):
+        super().__init__(f"This {header} was already used with a different body or target; "
+                         "use a new key for a new request.")
+        self.fields = {header: [self.message]}

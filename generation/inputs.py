@@ -188,17 +188,30 @@ def _prepare_from_result(raw, *, user, kind):
 
 
 def prepare_from_url(url, *, user, is_mask=False):
-    """Fetch an http(s) URL under the webhook address rules, with byte and time caps."""
-    from generation.netfetch import FetchRefused, fetch_public
+    """Fetch an http(s) URL under the webhook address rules (:mod:`generation.netguard`: public
+    addresses only, the connection pinned to the checked address, no redirects), with
+    ``INPUT_MAX_BYTES`` (413) and ``INPUT_URL_TIMEOUT`` caps."""
+    from generation import netguard
 
     kind = InputImage.Kind.MASK if is_mask else InputImage.Kind.IMAGE
     if not isinstance(url, str):
         raise InputRefused("Not a valid string.")
+    limits = settings.GENERATION
     try:
-        data = fetch_public(url, max_bytes=settings.GENERATION["INPUT_MAX_BYTES"],
-                            timeout=settings.GENERATION["INPUT_URL_TIMEOUT"])
-    except FetchRefused as exc:
-        raise InputRefused(str(exc), status=exc.status) from exc
+        checked = netguard.check_public_url(url, allow_private=limits["WEBHOOK_ALLOW_PRIVATE"])
+        with netguard.open_get(checked, max_bytes=limits["INPUT_MAX_BYTES"], timeout=limits["INPUT_URL_TIMEOUT"],
+                               total_seconds=limits["INPUT_URL_TIMEOUT"]) as response:
+            if response.status != 200:
+                raise InputRefused(f"The URL answered HTTP {response.status}.")
+            data = response.read()
+    except netguard.UrlRefused as exc:
+        raise InputRefused(str(exc)) from exc
+    except netguard.ResponseTooLarge as exc:
+        raise InputRefused(f"The image is larger than {limits['INPUT_MAX_BYTES']} bytes.", status=413) from exc
+    except netguard.FetchTimedOut as exc:
+        raise InputRefused(f"The URL took longer than {limits['INPUT_URL_TIMEOUT']:g} s to answer.") from exc
+    except netguard.FetchFailed as exc:
+        raise InputRefused(f"The URL could not be fetched ({exc}).") from exc
     return prepare_bytes(data, kind=kind, user=user, source=url[:2000])
 
 

@@ -40,7 +40,6 @@ class GenerationRequest(models.Model):
     height = models.PositiveIntegerField(default=512, help_text="Summary: height of the results")
     batch_size = models.PositiveSmallIntegerField(default=1, help_text="Summary: images produced")
     webhook_url = models.URLField(max_length=2000, blank=True, default="")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     regenerated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
                                          related_name="regenerations")
 
@@ -84,8 +83,6 @@ class GenerationRequest(models.Model):
             models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="genreq_progress_0_1"),
             models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=sorted(TERMINAL)),
                                    name="genreq_finished_only_when_terminal"),
-            models.UniqueConstraint(fields=["user", "idempotency_key"], condition=Q(idempotency_key__isnull=False),
-                                    name="genreq_unique_idempotency_key"),
         ]
         indexes = [
             # history: my requests newest first, optionally by status

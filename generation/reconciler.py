@@ -3,7 +3,8 @@
 Workers do the work and wake each other; this finds what fell between the cracks — a worker
 killed mid-job (stale heartbeat), a job past its deadline, a wake-up the broker lost, a
 backend whose backoff expired — and repairs it with conditional updates, so running it twice,
-or on two hosts at once, is harmless. It also applies the file-retention policy.
+or on two hosts at once, is harmless. It also applies the file-retention policy and forgets
+expired idempotency keys and idle rate/login counters.
 Runs every minute (``manage.py setup_schedules``) and on demand (``manage.py reconcile``).
 """
 
@@ -15,10 +16,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generation import backends, enqueue, lifecycle
+from generation.idempotency import purge_expired_keys
+from generation.login_guard import purge_idle_counters
 from generation.models import GenerationRequest
 from generation.runner import stop_on_backend
 from generation.states import TERMINAL, Status
 from generation.storage import delete_request_files, delete_unreferenced_files
+from generation.throttling import purge_stale_counters
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ def reconcile():
         "backends_back": len(probe_backends()),
         "wakeups": wake_for_waiting(),
         "retention_cleared": apply_retention(),
+        "idempotency_keys_expired": purge_expired_keys(),
+        "counters_purged": purge_stale_counters() + purge_idle_counters(),
     }
     if any(report.values()):
         logger.info("reconcile: %s", report)

@@ -102,28 +102,29 @@ def _validate_webhook(errors, raw):
         return ""
 
 
-def submit_generation(*, user, data, idempotency_key=None, version=None):
+def submit_generation(*, user, data, idempotency=None, version=None):
     """Validate ``data``, store a new request and queue it once the transaction commits.
 
-    Returns ``(request, created)``. With an ``idempotency_key`` already used by this user,
-    the original request is returned and nothing new is stored.
+    Returns ``(request, created)``. With an :class:`~generation.idempotency.Idempotency` whose key
+    this user already used for the same call, the original request is returned and nothing new
+    is stored; the same key used for a different call raises ``IdempotencyKeyReused``.
     Raises ``ParamsInvalid`` or ``TooManyActiveRequests``.
     """
-    if idempotency_key:
-        existing = GenerationRequest.objects.filter(user=user, idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return existing, False
+    if idempotency is not None and (original := idempotency.original(user)) is not None:
+        return original, False
     submission = prepare_submission(user=user, data=data, version=version)
     try:
-        request = _store(user=user, submission=submission, idempotency_key=idempotency_key)
+        request = _store(user=user, submission=submission, idempotency=idempotency)
     except IntegrityError:
-        if idempotency_key:  # a concurrent submit with the same key won the race
-            return GenerationRequest.objects.get(user=user, idempotency_key=idempotency_key), False
-        raise
+        # a concurrent call with the same key committed first (it held the user lock): answer its request
+        original = idempotency.original(user) if idempotency is not None else None
+        if original is None:
+            raise
+        return original, False
     return request, True
 
 
-def _store(*, user, submission, idempotency_key):
+def _store(*, user, submission, idempotency):
     limit = settings.GENERATION["MAX_ACTIVE_PER_USER"]
     written = []  # input files this submit wrote, removed again if it does not commit
     try:
@@ -147,13 +148,15 @@ def _store(*, user, submission, idempotency_key):
                 ignore_conflicts=True)
             summary, workflow = submission.summary, submission.workflow
             request = GenerationRequest.objects.create(
-                user=user, idempotency_key=idempotency_key or None, workflow_slug=workflow.slug,
+                user=user, workflow_slug=workflow.slug,
                 workflow_version=workflow.version, params=params, requirements_id=requirements.key,
                 prompt=summary.prompt, checkpoint_model=summary.checkpoint_model, checkpoint=submission.checkpoint,
                 width=summary.width, height=summary.height, batch_size=summary.batch_size,
                 webhook_url=submission.webhook_url)
             if records:
                 request.inputs.set(records)
+            if idempotency is not None:
+                idempotency.remember(user=user, request=request)
             transaction.on_commit(lambda: queue_generation(request.pk, request=request))
     except BaseException:
         for name in written:
@@ -202,19 +205,18 @@ def queue_generation(request_id, *, request=None):
         logger.exception("could not enqueue a dispatch wake-up for %s; the reconciler will", request_id)
 
 
-def regenerate_generation(*, request, user, same_seed=False, idempotency_key=None):
+def regenerate_generation(*, request, user, same_seed=False, idempotency=None):
     """Submit ``request``'s workflow (the version it ran) with its parameters again (a new random
-    seed unless ``same_seed``)."""
+    seed unless ``same_seed``). Returns ``(request, created)`` like :func:`submit_generation`."""
     workflow = request.workflow
     data = {"workflow": request.workflow_slug, **workflow.regenerate_data(request.params, same_seed=same_seed)}
     if request.webhook_url:
         data["webhook_url"] = request.webhook_url
-    new, created = submit_generation(user=user, data=data, idempotency_key=idempotency_key,
-                                     version=request.workflow_version)
+    new, created = submit_generation(user=user, data=data, idempotency=idempotency, version=request.workflow_version)
     if created:
         GenerationRequest.objects.filter(pk=new.pk).update(regenerated_from=request)
         new.regenerated_from = request
-    return new
+    return new, created
 
 
 def cancel_generation(*, request):

@@ -6,6 +6,7 @@ State changes (submit, cancel, regenerate, delete) are POSTs with CSRF.
 
 import hashlib
 import json
+import re
 import uuid
 
 from django.contrib import messages
@@ -22,6 +23,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from generation import inputs, selectors, services
 from generation.errors import GenerationError, NotCancellable, ParamsInvalid
 from generation.forms import GenerateForm
+from generation.idempotency import SUBMIT, Idempotency
 from generation.models import InputImage
 from generation.states import Status
 from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, get_workflow
@@ -48,14 +50,16 @@ def _back(request, default):
     return default
 
 
-def _form_idempotency_key(request, form):
+def _form_idempotency(request, form):
     """One request per rendered form and content: a double click posts the same key and fields and
     gets the first request back; the same form changed (e.g. after the Back button) is a new one."""
     rendered = request.POST.get("idempotency_key", "")
     if not rendered:
         return None
-    content = json.dumps([rendered[:100], form.to_data()], sort_keys=True, default=str)
-    return "form:" + hashlib.sha256(content.encode()).hexdigest()
+    data = form.to_data()
+    content = json.dumps([rendered[:100], data], sort_keys=True, default=str)
+    key = "form:" + hashlib.sha256(content.encode()).hexdigest()
+    return Idempotency.of(operation=SUBMIT, key=key, body=data)
 
 
 def _thumbnail_url(generation, index, size, *, fallback):
@@ -126,7 +130,7 @@ def generate(request):
         else:
             try:
                 generation, _ = services.submit_generation(user=request.user, data=form.to_data(),
-                                                           idempotency_key=_form_idempotency_key(request, form))
+                                                           idempotency=_form_idempotency(request, form))
             except ParamsInvalid as exc:
                 form.add_params_errors(exc.fields)
                 status = 400
@@ -224,8 +228,8 @@ def regenerate(request, request_id):
     """Submit the same parameters again: the same seed (``seed=same``) or a new random one."""
     generation = _get_request_or_404(request.user, request_id)
     try:
-        new = services.regenerate_generation(request=generation, user=request.user,
-                                             same_seed=request.POST.get("seed") == "same")
+        new, _ = services.regenerate_generation(request=generation, user=request.user,
+                                                same_seed=request.POST.get("seed") == "same")
     except ParamsInvalid as exc:
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.fields.items()).rstrip(".")
         messages.error(request, f"Cannot regenerate: {problems}. Adjust the settings and submit again.")
@@ -292,7 +296,7 @@ def history(request):
     sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
     requests = selectors.history_for_user(request.user, status=status or None, newest_first=SORTS[sort])
     number = request.GET.get("page", "")
-    number = int(number) if number.isdigit() and len(number) < 9 else 1
+    number = int(number) if re.fullmatch(r"[0-9]{1,8}", number) else 1  # ASCII: int("²") raises
     page = LookaheadPaginator(requests, HISTORY_PAGE_SIZE, number=number).get_page(number)
     cards = [{"generation": g, "images": image_links(g)} for g in page.object_list]
     return render(request, "generation/history.html",

@@ -151,10 +151,12 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "genonaut.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "generation.login_guard.LoginLockoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -181,6 +183,18 @@ ASGI_APPLICATION = "genonaut.asgi.application"
 
 DATABASES = {"default": database_from_url(env_str("DATABASE_URL"), data_dir=DATA_DIR)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Every password check (API token, /accounts/login/, /admin/login/) goes through the login guard:
+# failed attempts per client address and per username, with growing lockouts (docs/security.md).
+AUTHENTICATION_BACKENDS = ["generation.login_guard.GuardedModelBackend"]
+LOGIN_GUARD = {
+    "FAILURES_PER_ACCOUNT": env_int("LOGIN_FAILURES_PER_ACCOUNT", 10),
+    "FAILURES_PER_ADDRESS": env_int("LOGIN_FAILURES_PER_ADDRESS", 30),
+    "LOCKOUT_SECONDS": env_int("LOGIN_LOCKOUT_SECONDS", 60),  # the first lockout; each further one doubles
+    "LOCKOUT_MAX_SECONDS": env_int("LOGIN_LOCKOUT_MAX_SECONDS", 3600),
+}
+# Session keys are checked before they reach the database (a NUL byte is a 500 on PostgreSQL).
+SESSION_ENGINE = "genonaut.sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -242,16 +256,40 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+# The one proxy switch: with it on, Django trusts X-Forwarded-Proto and takes the client address from
+# X-Forwarded-For as appended by TRUSTED_PROXY_COUNT proxies; with it off, no X-Forwarded-* header
+# is read at all (gunicorn trusts none either: deploy/gunicorn.conf.py).
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if BEHIND_TLS_PROXY else 0)
+if BEHIND_TLS_PROXY and TRUSTED_PROXY_COUNT < 1:
+    raise ImproperlyConfigured("BEHIND_TLS_PROXY=1 needs TRUSTED_PROXY_COUNT >= 1 (the proxies that append "
+                               "to X-Forwarded-For), or every client would share the proxy's address")
+if not BEHIND_TLS_PROXY and TRUSTED_PROXY_COUNT:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT is only read behind a proxy: set BEHIND_TLS_PROXY=1 too")
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 X_FRAME_OPTIONS = "DENY"
+# Pages load scripts, styles, images and fonts from this site only (genonaut.csp adds the storage's
+# origin to img-src when images are served from S3 by signed-URL redirects).
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "img-src": ["'self'", "data:"],  # Swagger UI's icons are data: SVGs (an image runs no script)
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+# /api/schema/ and /api/docs/: open to anyone in development, to logged-in users in production.
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", DEBUG)
+# How long an Idempotency-Key is remembered (generation/idempotency.py).
+IDEMPOTENCY_KEY_HOURS = env_int("IDEMPOTENCY_KEY_HOURS", 24)
 
 # --- REST framework -------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
     # Token first: an anonymous API call then answers 401 with WWW-Authenticate, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "generation.api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -259,6 +297,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"submit": env_str("SUBMIT_THROTTLE_RATE", "120/min"),
                                "auth": env_str("AUTH_THROTTLE_RATE", "30/min")},
     "EXCEPTION_HANDLER": "generation.api.errors.exception_handler",
+    # the client address of throttles: REMOTE_ADDR, or the X-Forwarded-For entry our proxies appended
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -273,6 +313,7 @@ SPECTACULAR_SETTINGS = {
     # the submit body is one schema per workflow, generated from the workflows' definitions
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "generation.api.schema.add_workflow_bodies"],
+    "SERVE_PERMISSIONS": ["genonaut.api_docs.DocsAccess"],  # API_DOCS_PUBLIC
 }
 
 # --- ComfyUI backends -----------------------------------------------------------------------
@@ -352,7 +393,8 @@ else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL", 0.2)
 
-# Throttle counters and caches must be shared by every web worker: Redis when there is one.
+# Throttle and login counters live in the database (generation/throttling.py, login_guard.py), so they
+# hold across web processes with or without Redis; the cache only speeds things up.
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
                           "KEY_PREFIX": "genonaut", "TIMEOUT": 300}}

@@ -1,17 +1,25 @@
 """Top-level routes: the UI, the API (v1), the schema and docs, admin, health."""
 
 from django.contrib import admin
+from django.contrib.auth.views import LoginView
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from genonaut import health
+from generation.login_guard import GuardedAdminAuthenticationForm, GuardedAuthenticationForm
+from genonaut import api_docs, health
+
+# both login pages say when the login guard refused (generation/login_guard.py)
+admin.site.login_form = GuardedAdminAuthenticationForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/login/", LoginView.as_view(authentication_form=GuardedAuthenticationForm), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),  # login/logout for the UI (settings.LOGIN_URL)
     path("api/v1/", include("generation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # the split view serves its init script as a file: the page needs no inline script (CSP)
+    path("api/docs/", api_docs.login_unless_public(SpectacularSwaggerSplitView.as_view(url_name="schema")),
+         name="api-docs"),
     path("healthz", health.liveness, name="healthz"),
     path("readyz", health.readiness, name="readyz"),
     path("", include("generation.urls")),

@@ -52,6 +52,9 @@ class BackendFilter(admin.SimpleListFilter):
 
 @admin.register(AvailableModel)
 class AvailableModelAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["css/admin.css"]}  # no inline styles (Content-Security-Policy)
+
     list_display = ("name", "type", "base_architecture", "is_active", "is_present", "on_backends", "size", "header_ok",
                     "hash_state", "last_seen")
     list_filter = ("type", "is_active", "is_present", BackendFilter, "base_architecture")
@@ -109,7 +112,7 @@ class AvailableModelAdmin(admin.ModelAdmin):
     def pretty_metadata(self, obj):
         if not obj.metadata:
             return "—"
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>',
+        return format_html('<pre class="admin-json">{}</pre>',
                            json.dumps(obj.metadata, indent=2, sort_keys=True, ensure_ascii=False))
 
     @admin.action(description="Offer selected models to users", permissions=["change"])

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from models_registry.models import AvailableModel, ModelType
 
 pytest_plugins = ["tests.plugins.simulator", "tests.plugins.cluster", "tests.plugins.browser",
-                  "tests.plugins.generation_rows", "tests.plugins.pgbouncer"]
+                  "tests.plugins.generation_rows", "tests.plugins.pgbouncer", "tests.plugins.gunicorn"]
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 Every error answers ``{"error": {"code": …, "message": …, "fields": {"<field path>": ["…"]}}}``;
 ``code`` is stable (clients match on it), ``fields`` names the input at fault with the same
-paths as :mod:`generation.params` (``sampler_params.steps``, ``lora_models.0.name``) and is
+paths as the workflows' parameter definitions (``sampler_params.steps``, ``lora_models.0.name``) and is
 ``{}`` when no field is to blame. Wired as ``REST_FRAMEWORK["EXCEPTION_HANDLER"]``.
 """
 
@@ -14,7 +14,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
-from generation.errors import GenerationError, ParamsInvalid, TooManyActiveRequests
+from generation.errors import GenerationError, ParamsInvalid
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -64,8 +64,23 @@ def flatten_errors(detail, prefix=""):
     return fields
 
 
+ECHO_LIMIT = 300
+
+
+def shorten(message, limit=ECHO_LIMIT):
+    """``message`` cut in the middle past ``limit`` characters: messages quote what was sent
+    ("'…' is not an available checkpoint."), and a 100,000-character input must not come back whole."""
+    message = str(message)
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    return f"{message[:limit - tail - 1]}…{message[-tail:]}"
+
+
 def error_body(*, code, message, fields=None):
-    return {"error": {"code": code, "message": str(message), "fields": fields or {}}}
+    return {"error": {"code": code, "message": shorten(message),
+                      "fields": {shorten(name, 200): [shorten(text) for text in texts]
+                                 for name, texts in (fields or {}).items()}}}
 
 
 def _api_exception_response(exc):
@@ -104,9 +119,10 @@ def exception_handler(exc, context):
     if isinstance(exc, GenerationError):
         set_rollback()
         headers = {}
-        if isinstance(exc, TooManyActiveRequests):
+        if getattr(exc, "retry_after", None):  # TooManyActiveRequests, LoginLocked
             headers["Retry-After"] = str(exc.retry_after)
-        return Response(error_body(code=exc.code, message=exc.message), status=exc.status, headers=headers)
+        return Response(error_body(code=exc.code, message=exc.message, fields=getattr(exc, "fields", None)),
+                        status=exc.status, headers=headers)
     if isinstance(exc, exceptions.APIException):
         set_rollback()
         return _api_exception_response(exc)

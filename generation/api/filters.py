@@ -1,6 +1,7 @@
 """Query-string filters for the request list and the model list, validated like any input."""
 
 import datetime
+import re
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q
@@ -94,7 +95,7 @@ class RequestFilter(BaseFilterBackend):
 def _user_by_name_or_id(value):
     users = get_user_model().objects
     user = users.filter(username=value).first()
-    if user is None and value.isdigit() and len(value) < 19:
+    if user is None and re.fullmatch(r"[0-9]{1,18}", value):  # ASCII: int("①") raises
         user = users.filter(pk=int(value)).first()
     if user is None:
         raise ValidationError({"user": ["No such user."]})

@@ -4,6 +4,8 @@ The cursor holds the last row's ``created_at`` (or ``updated_at``), so a page is
 scan on ``(user, -created_at)`` / ``(user, -updated_at)`` — no OFFSET, no COUNT.
 """
 
+import re
+
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -31,7 +33,8 @@ class RequestCursorPagination(CursorPagination):
 
     def get_page_size(self, request):
         raw = request.query_params.get(self.page_size_query_param)
-        if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size):
+        # ASCII digits only: "²".isdigit() is True but int("²") raises
+        if raw is not None and (not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= self.max_page_size):
             raise ValidationError({self.page_size_query_param: [f"Must be an integer from 1 to {self.max_page_size}."]})
         return super().get_page_size(request)
 

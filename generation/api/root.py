@@ -1,16 +1,17 @@
 """``GET /api/v1/``: where everything in the API is, as absolute links.
 
-Public on purpose, like the schema at ``/api/schema/``: it lists addresses only, no data, so a
-script (or someone following the link ``scripts/run.sh`` prints) can find the token endpoint
-before it has a token. Every endpoint it links to requires authentication as usual.
+Readable by whoever may read the schema at ``/api/schema/`` (``API_DOCS_PUBLIC``: anyone in
+development, so the link ``scripts/run.sh`` prints works before logging in; logged-in users in
+production). It lists addresses only, no data; every endpoint it links to requires authentication.
 """
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from genonaut.api_docs import DocsAccess
 
 # link name → URL name (what each is: docs/api.md); the order is the order of the answer
 LINKS = {
@@ -18,6 +19,8 @@ LINKS = {
     "generate": "generation-generate",
     "requests": "generation-list",
     "models": "model-list",
+    "workflows": "workflow-list",
+    "inputs": "input-list",
     "webhook_secret": "webhook-secret",
     "backends": "backends",  # staff only
     "schema": "schema",
@@ -26,12 +29,11 @@ LINKS = {
 
 
 class ApiRootView(APIView):
-    """Links to every part of the API (no authentication needed to read the links)."""
+    """Links to every part of the API."""
 
-    authentication_classes = []
-    permission_classes = [AllowAny]
+    permission_classes = [DocsAccess]
 
-    @extend_schema(summary="Links to every part of the API (public)", auth=[], responses={200: inline_serializer(
+    @extend_schema(summary="Links to every part of the API", responses={200: inline_serializer(
         "ApiRoot", {"name": serializers.CharField(), "version": serializers.CharField(),
                     "links": serializers.DictField(child=serializers.URLField())})})
     def get(self, request):

@@ -25,12 +25,23 @@ class GenerateSerializer(serializers.Serializer):
                                        help_text="Receives a signed POST when the request finishes")
 
 
-class RegenerateSerializer(serializers.Serializer):
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not define, each named (as submit does in each workflow's parameter definition)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class RegenerateSerializer(StrictSerializer):
     same_seed = serializers.BooleanField(required=False, default=False,
                                          help_text="Reuse the seed (same image) instead of drawing a new one")
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class TokenRequestSerializer(StrictSerializer):
     username = serializers.CharField()
     password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
 

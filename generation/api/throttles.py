@@ -1,37 +1,48 @@
 """Rate limits: submits per user, token requests per client address.
 
-Rates live in ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` (``submit``, ``auth``). Counts are kept
-in Django's default cache, which settings point at Redis when ``REDIS_URL`` is set, so the
-limit holds across web processes. If that cache does not answer, requests are let through
-(logged): a rate limit must not turn a cache outage into failed submits.
+Rates live in ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` (``submit``, ``auth``). Hits are counted
+in the database by :func:`generation.throttling.hit`, so a limit holds across every web process,
+with or without Redis. Password guesses are limited separately, on every login path, by
+:mod:`generation.login_guard`.
 """
 
-import logging
+from rest_framework.throttling import SimpleRateThrottle
 
-from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
-
-logger = logging.getLogger(__name__)
+from generation.throttling import client_address, hit
 
 
-class _FailOpen:
+class DatabaseRateThrottle(SimpleRateThrottle):
+    """A DRF throttle counted by :func:`generation.throttling.hit` (fixed windows); 429 with Retry-After."""
+
+    def who(self, request):
+        raise NotImplementedError
+
     def allow_request(self, request, view):
-        try:
-            return super().allow_request(request, view)
-        except Exception:  # the cache (Redis) is down or unreachable
-            logger.warning("throttle cache unavailable; letting %s through", self.scope, exc_info=True)
+        if self.rate is None:
             return True
+        hits, self.retry_after = hit(self.scope, self.who(request), period=self.duration)
+        return hits <= self.num_requests
+
+    def wait(self):
+        return self.retry_after
+
+    def get_ident(self, request):
+        return client_address(request)
 
 
-class SubmitThrottle(_FailOpen, UserRateThrottle):
-    """Submits and regenerates per user; answers 429 with ``Retry-After``."""
+class SubmitThrottle(DatabaseRateThrottle):
+    """Submits and regenerates per user."""
 
     scope = "submit"
 
+    def who(self, request):
+        return f"user:{request.user.pk}" if request.user.is_authenticated else self.get_ident(request)
 
-class TokenThrottle(_FailOpen, AnonRateThrottle):
-    """Password guesses at the token endpoint, per client address."""
+
+class TokenThrottle(DatabaseRateThrottle):
+    """Requests to the token endpoint per client address (right or wrong passwords alike)."""
 
     scope = "auth"
 
-    def get_cache_key(self, request, view):
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+    def who(self, request):
+        return self.get_ident(request)

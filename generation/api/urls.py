@@ -7,8 +7,8 @@ from generation.api import root, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
-# no undocumented ".json" twins of every route: they reached the image actions with a `format`
-# argument those do not take (a 500 found by the schema fuzzer)
+# No ".json" suffix routes: the actions take no format argument (they answered 500), and JSON is
+# the default anyway; "?format=" and Accept still choose the browsable API.
 router.include_format_suffixes = False
 router.register("comfyui/models", views.AvailableModelViewSet, basename="model")
 router.register("comfyui/workflows", views.WorkflowViewSet, basename="workflow")

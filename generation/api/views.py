@@ -41,6 +41,10 @@ from generation.api.serializers import (
     WorkflowSerializer,
 )
 from generation.api.throttles import SubmitThrottle, TokenThrottle
+from generation.errors import LoginLocked
+from generation.idempotency import HEADER as IDEMPOTENCY_HEADER
+from generation.idempotency import REGENERATE, SUBMIT, Idempotency
+from generation.login_guard import locked_for
 from generation.selectors import queue_positions, request_for_user, requests_visible_to
 from generation.webhooks import rotate_webhook_secret, webhook_secret_for
 from generation.workflows import UnknownWorkflow, all_workflows, get_workflow
@@ -48,7 +52,6 @@ from generation.workflows.fields import Context
 from models_registry.models import AvailableModel
 
 UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 _ERR = OpenApiResponse(ErrorSerializer, description="Error (see the `error.code`)")
@@ -56,8 +59,11 @@ AUTH_ERRORS = {401: _ERR}
 READ_ERRORS = {400: _ERR, 401: _ERR, 404: _ERR}
 IDEMPOTENCY_PARAM = OpenApiParameter(
     IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
-    description="Any string up to 255 characters; repeating it returns the original request (200) "
-                "instead of submitting again.")
+    description="Any 1 to 255 printable characters, kept per user and operation for IDEMPOTENCY_KEY_HOURS (24 by "
+                "default). Repeating it with the same body answers the original request (201, Idempotent-Replayed: "
+                "true) instead of creating another; with a different body, 422.")
+REPLAYED_HEADER = "Idempotent-Replayed"
+
 IMAGE_PARAMS = [
     OpenApiParameter("index", OpenApiTypes.INT, OpenApiParameter.PATH, description="0-based image number"),
     OpenApiParameter("download", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
@@ -92,17 +98,21 @@ class AnyAcceptNegotiation(BaseContentNegotiation):
 IMAGE_VIEW_OPTIONS = {"renderer_classes": [JSONRenderer], "content_negotiation_class": AnyAcceptNegotiation}
 
 
-def _idempotency_key(request):
+def _idempotency(request, *, operation, target=None):
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
     if not key or len(key) > 255 or not key.isprintable():
         raise ValidationError({IDEMPOTENCY_HEADER: ["Must be 1 to 255 printable characters."]})
-    return key
+    return Idempotency.of(operation=operation, key=key, body=request.data, target=target)
 
 
-def _location(request, generation):
-    return request.build_absolute_uri(reverse("generation-detail", kwargs={"pk": generation.pk}))
+def _created(request, generation, created):
+    """201 with Location; a replayed Idempotency-Key answers the same, marked as a replay."""
+    headers = {"Location": request.build_absolute_uri(reverse("generation-detail", kwargs={"pk": generation.pk}))}
+    if not created:
+        headers[REPLAYED_HEADER] = "true"
+    return headers
 
 
 @extend_schema_view(
@@ -149,20 +159,17 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     @extend_schema(summary="Submit a generation request (the body is the chosen workflow's parameters; "
                            "without `workflow` it is txt2img)",
                    request=GenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
-                   responses={201: GenerationRequestSerializer,
-                              200: OpenApiResponse(GenerationRequestSerializer,
-                                                   description="Repeat of an Idempotency-Key: the original"),
-                              400: _ERR, 401: _ERR, 413: _ERR, 415: _ERR,
+                   responses={201: GenerationRequestSerializer, 400: _ERR, 401: _ERR, 413: _ERR, 415: _ERR,
+                              422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused with a "
+                                                   "different body"),
                               429: OpenApiResponse(ErrorSerializer, description="Throttled or too many "
                                                    "unfinished requests; see Retry-After")})
     @action(detail=False, methods=["post"])
     def generate(self, request):
-        generation, created = services.submit_generation(user=request.user, data=request.data,
-                                                         idempotency_key=_idempotency_key(request))
-        if not created:
-            return self._render(generation)
+        generation, created = services.submit_generation(
+            user=request.user, data=request.data, idempotency=_idempotency(request, operation=SUBMIT))
         return self._render(generation, status_code=status.HTTP_201_CREATED,
-                            headers={"Location": _location(request, generation)})
+                            headers=_created(request, generation, created))
 
     @extend_schema(summary="Cancel if active (200 with the request), else delete it and its files (204)",
                    responses={200: GenerationRequestSerializer, 204: None, **READ_ERRORS})
@@ -180,17 +187,18 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     @extend_schema(summary="Submit the same parameters again (a new seed unless same_seed)",
                    request=RegenerateSerializer, parameters=[IDEMPOTENCY_PARAM],
-                   responses={201: GenerationRequestSerializer, 413: _ERR, 415: _ERR, 429: _ERR, **READ_ERRORS})
+                   responses={201: GenerationRequestSerializer, 413: _ERR, 415: _ERR, 422: _ERR, 429: _ERR,
+                              **READ_ERRORS})
     @action(detail=True, methods=["post"])
     def regenerate(self, request, pk=None):
         original = self.get_object()
         body = RegenerateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        generation = services.regenerate_generation(request=original, user=request.user,
-                                                    same_seed=body.validated_data["same_seed"],
-                                                    idempotency_key=_idempotency_key(request))
+        generation, created = services.regenerate_generation(
+            request=original, user=request.user, same_seed=body.validated_data["same_seed"],
+            idempotency=_idempotency(request, operation=REGENERATE, target=original.pk))
         return self._render(generation, status_code=status.HTTP_201_CREATED,
-                            headers={"Location": _location(request, generation)})
+                            headers=_created(request, generation, created))
 
     @extend_schema(summary="An image (owner only; ETag, Range, S3 redirect)", parameters=IMAGE_PARAMS,
                    responses=IMAGE_RESPONSES)
@@ -359,12 +367,16 @@ class TokenView(APIView):
     parser_classes = [BoundedJSONParser, BoundedFormParser]
 
     @extend_schema(summary="Get your API token", request=TokenRequestSerializer, auth=[],
-                   responses={200: TokenSerializer, 400: _ERR, 413: _ERR, 415: _ERR, 429: _ERR})
+                   responses={200: TokenSerializer, 400: _ERR, 413: _ERR, 415: _ERR,
+                              429: OpenApiResponse(ErrorSerializer, description="Throttled, or too many failed "
+                                                   "logins for the account or the address; see Retry-After")})
     def post(self, request):
         body = TokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         user = authenticate(request._request, username=body.validated_data["username"],
                             password=body.validated_data["password"])
+        if locked_for(request):
+            raise LoginLocked(locked_for(request))
         if user is None or not user.is_active:
             raise ValidationError({"non_field_errors": ["Unable to log in with the provided credentials."]})
         token, _ = Token.objects.get_or_create(user=user)

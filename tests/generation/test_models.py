@@ -84,15 +84,6 @@ def test_finished_at_cannot_be_set_by_an_update_either(user):
         GenerationRequest.objects.filter(pk=request.pk).update(finished_at=timezone.now())
 
 
-def test_idempotency_key_unique_per_user(user, other_user):
-    create(user, idempotency_key="k1")
-    assert "genreq_unique_idempotency_key" in rejected(user, idempotency_key="k1")
-    create(other_user, idempotency_key="k1")  # another user's key space
-    create(user, idempotency_key=None)
-    create(user, idempotency_key=None)  # no key: no uniqueness
-    assert GenerationRequest.objects.filter(user=user).count() == 3
-
-
 def test_checkpoint_link_protects_the_model(user, checkpoint):
     create(user, checkpoint=checkpoint, checkpoint_model=checkpoint.name)
     from django.db.models import ProtectedError

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from generation import services, states
 from generation.errors import NotCancellable, ParamsInvalid, TooManyActiveRequests
+from generation.idempotency import SUBMIT, Idempotency
 from generation.models import GenerationRequest
 from generation.services import (
     cancel_generation,
@@ -80,11 +81,11 @@ def test_invalid_params_store_nothing(user, valid_params, wakeups):
 
 def test_idempotency_key_returns_the_original(user, other_user, valid_params, wakeups,
                                               django_capture_on_commit_callbacks):
+    call = Idempotency.of(operation=SUBMIT, key="abc", body=valid_params)
     with django_capture_on_commit_callbacks(execute=True):
-        first, created = submit_generation(user=user, data=valid_params, idempotency_key="abc")
-        again, created_again = submit_generation(user=user, data=dict(valid_params, prompt="different"),
-                                                 idempotency_key="abc")
-        theirs, created_theirs = submit_generation(user=other_user, data=valid_params, idempotency_key="abc")
+        first, created = submit_generation(user=user, data=valid_params, idempotency=call)
+        again, created_again = submit_generation(user=user, data=valid_params, idempotency=call)
+        theirs, created_theirs = submit_generation(user=other_user, data=valid_params, idempotency=call)
     assert created and not created_again and created_theirs
     assert again.pk == first.pk and theirs.pk != first.pk
     assert GenerationRequest.objects.filter(user=user).count() == 1
@@ -187,8 +188,8 @@ def test_cancel_of_a_stale_copy_that_already_completed_is_refused(user, checkpoi
 
 def test_regenerate_with_the_same_seed(user, valid_params, wakeups):
     original, _ = submit_generation(user=user, data=valid_params)
-    again = regenerate_generation(request=original, user=user, same_seed=True)
-    assert again.pk != original.pk and again.regenerated_from_id == original.pk
+    again, created = regenerate_generation(request=original, user=user, same_seed=True)
+    assert created and again.pk != original.pk and again.regenerated_from_id == original.pk
     assert again.params == original.params
     assert (again.prompt, again.width, again.checkpoint_model) == (original.prompt, original.width,
                                                                    original.checkpoint_model)
@@ -197,7 +198,7 @@ def test_regenerate_with_the_same_seed(user, valid_params, wakeups):
 
 def test_regenerate_with_a_new_seed(user, valid_params, wakeups):
     original, _ = submit_generation(user=user, data=valid_params)
-    seeds = {regenerate_generation(request=original, user=user).params["sampler_params"]["seed"] for _ in range(3)}
+    seeds = {regenerate_generation(request=original, user=user)[0].params["sampler_params"]["seed"] for _ in range(3)}
     assert 42 not in seeds and len(seeds) == 3
 
 

@@ -1,34 +1,16 @@
 """The documented production configuration (deploy/genonaut.env.example) passes Django's deploy
 checks, and gunicorn started with deploy/gunicorn.conf.py serves the load balancer's probes."""
 
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.plugins.gunicorn import ENV_EXAMPLE, documented_env
+
 ROOT = Path(__file__).resolve().parents[2]
-ENV_EXAMPLE = ROOT / "deploy" / "genonaut.env.example"
-
-
-def documented_env(tmp_path, **overrides):
-    """The example env file as a host would load it, with a real secret and local paths."""
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    env.update(SECRET_KEY=secrets.token_urlsafe(50), GENONAUT_DATA_DIR=str(tmp_path / "data"),
-               STATIC_ROOT=str(tmp_path / "static"), DJANGO_SETTINGS_MODULE="genonaut.settings")
-    env.update(overrides)
-    return env
 
 
 def manage(env, *args, timeout=60):
@@ -102,45 +84,11 @@ def test_collectstatic_writes_hashed_names_for_the_proxy(tmp_path):
     assert hashed, "admin CSS was not collected with a hashed name"
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def gunicorn_server(tmp_path, settings, django_db_setup, django_db_blocker, simulator):
-    """gunicorn with the documented config and env, on the test database and Redis db 13; its backends are
+def gunicorn_server(start_gunicorn, simulator):
+    """gunicorn with the documented config and env, on the test database and Redis; its backends are
     the simulator and an address where nothing listens."""
-    port = _free_port()
-    db = settings.DATABASES["default"]
-    env = documented_env(tmp_path,
-                         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
-                         REDIS_URL=os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/13"),
-                         COMFYUI_URL=f"http://127.0.0.1:9,{simulator.url}",
-                         GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port} --workers 2")
-    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", "deploy/gunicorn.conf.py",
-                             "genonaut.wsgi"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:  # whatever happens while it boots, the server is stopped below
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                requests.get(base + "/healthz", headers={"Host": "genonaut.example.com"}, timeout=5)
-                break
-            except (requests.ConnectionError, requests.Timeout):  # still booting (slowly, on a loaded box)
-                time.sleep(0.2)
-        assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+    return start_gunicorn(workers=2, COMFYUI_URL=f"http://127.0.0.1:9,{simulator.url}")[0]
 
 
 @pytest.mark.integration

@@ -179,3 +179,36 @@ def test_debug_off_is_secure_by_default(tmp_path):
 def test_data_dir_is_created(tmp_path):
     ns = load_settings(tmp_path)
     assert Path(ns["DATA_DIR"]).is_dir()
+
+
+# --- the proxy switch, the login guard, the docs ----------------------------------------------
+
+
+def test_without_a_proxy_no_forwarded_header_is_trusted(tmp_path):
+    namespace = load_settings(tmp_path, DEBUG="0")
+    assert namespace["SECURE_PROXY_SSL_HEADER"] is None
+    assert namespace["TRUSTED_PROXY_COUNT"] == 0 and namespace["REST_FRAMEWORK"]["NUM_PROXIES"] == 0
+
+
+def test_behind_a_proxy_one_proxy_is_trusted_by_default(tmp_path):
+    namespace = load_settings(tmp_path, DEBUG="0", BEHIND_TLS_PROXY="1")
+    assert namespace["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert namespace["TRUSTED_PROXY_COUNT"] == 1 and namespace["REST_FRAMEWORK"]["NUM_PROXIES"] == 1
+    assert load_settings(tmp_path, BEHIND_TLS_PROXY="1", TRUSTED_PROXY_COUNT="2")["TRUSTED_PROXY_COUNT"] == 2
+
+
+@pytest.mark.parametrize("env", [{"TRUSTED_PROXY_COUNT": "1"}, {"BEHIND_TLS_PROXY": "1", "TRUSTED_PROXY_COUNT": "0"}])
+def test_proxy_settings_that_contradict_each_other_fail_at_start(tmp_path, env):
+    with pytest.raises(ImproperlyConfigured, match="TRUSTED_PROXY_COUNT"):
+        load_settings(tmp_path, **env)
+
+
+def test_login_guard_and_docs_from_environment(tmp_path):
+    namespace = load_settings(tmp_path, DEBUG="0", LOGIN_FAILURES_PER_ACCOUNT="5", LOGIN_FAILURES_PER_ADDRESS="50",
+                              LOGIN_LOCKOUT_SECONDS="30", LOGIN_LOCKOUT_MAX_SECONDS="600", IDEMPOTENCY_KEY_HOURS="48")
+    assert namespace["LOGIN_GUARD"] == {"FAILURES_PER_ACCOUNT": 5, "FAILURES_PER_ADDRESS": 50, "LOCKOUT_SECONDS": 30,
+                                        "LOCKOUT_MAX_SECONDS": 600}
+    assert namespace["IDEMPOTENCY_KEY_HOURS"] == 48
+    assert namespace["API_DOCS_PUBLIC"] is False  # production: logged-in users only
+    assert load_settings(tmp_path, DEBUG="1")["API_DOCS_PUBLIC"] is True
+    assert load_settings(tmp_path, DEBUG="0", API_DOCS_PUBLIC="1")["API_DOCS_PUBLIC"] is True

@@ -49,10 +49,18 @@ def browser():
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def is_csp_violation(message):
+    """Chromium reports each Content-Security-Policy refusal on the console."""
+    return message.type == "error" and "Content Security Policy" in message.text
+
+
 @pytest.fixture
 def new_page(browser):
-    """``new_page(viewport=…)`` → a page in its own context (own cookies and localStorage)."""
-    contexts = []
+    """``new_page(viewport=…)`` → a page in its own context (own cookies and localStorage).
+
+    Every page any browser test opens is watched for Content-Security-Policy violations
+    (``page.csp_violations``); a test that saw one fails at teardown."""
+    contexts, pages = [], []
 
     def make(*, viewport=None, accept_downloads=True):
         context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900},
@@ -61,12 +69,18 @@ def new_page(browser):
         contexts.append(context)
         page = context.new_page()
         page.errors = []
+        page.csp_violations = []
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on("console", lambda message: page.csp_violations.append(f"{page.url}: {message.text}")
+                if is_csp_violation(message) else None)
+        pages.append(page)
         return page
 
     yield make
     for context in contexts:
         context.close()
+    violations = [violation for page in pages for violation in page.csp_violations]
+    assert not violations, "Content-Security-Policy violations:\n" + "\n".join(violations)
 
 
 @pytest.fixture

@@ -122,3 +122,106 @@ def test_regenerate_body_with_nul_is_400(api):
                         '{"same_seed": "\\u0000"}', content_type="application/json")
     assert response.status_code in (400, 404)
     _error(response, response.status_code)
+
+
+# --- the adversarial pass's 500s (issue 10) ---------------------------------------------------------
+
+NON_ASCII_DIGITS = ["²", "①", "٣", "１２", "𝟗"]
+
+
+@pytest.mark.parametrize("digits", NON_ASCII_DIGITS)
+def test_non_ascii_digits_in_page_size_name_the_field(api, digits):
+    assert list(_error(api.get("/api/v1/comfyui/", {"page_size": digits}), 400)["fields"]) == ["page_size"]
+
+
+@pytest.mark.parametrize("digits", NON_ASCII_DIGITS)
+def test_non_ascii_digits_as_a_staff_user_filter_name_the_field(client_for, staff_user, digits):
+    response = client_for(staff_user).get("/api/v1/comfyui/", {"user": digits})
+    assert list(_error(response, 400)["fields"]) == ["user"]
+
+
+@pytest.mark.parametrize("digits", NON_ASCII_DIGITS)
+def test_non_ascii_digits_as_a_history_page_show_the_first_page(client, user, digits):
+    client.force_login(user)
+    assert client.get("/history/", {"page": digits}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "suffix"), [
+    ("get", "/{id}/images/0.json"), ("get", "/{id}/images/0/thumbnail/small.json"), ("post", "/{id}/cancel.json"),
+    ("post", "/generate.json"), ("delete", "/{id}.json"), ("get", "/{id}.json"), ("get", ".json"),
+    ("post", "/{id}/regenerate.json"), ("get", "/models.json"),
+])
+def test_format_suffixes_are_json_404s(api, user, make_generation, method, suffix):
+    from generation.states import Status
+
+    done = make_generation(user, Status.COMPLETED, images=1)
+    path = "/api/v1/comfyui" + suffix.format(id=done.pk)
+    assert _error(getattr(api, method)(path, {}, format="json"), 404)["code"] == "not_found"
+
+
+def test_a_nul_byte_in_a_token_is_401(client, db):
+    response = client.get("/api/v1/comfyui/", HTTP_AUTHORIZATION="Token abc\x00def")
+    assert _error(response, 401)["code"] == "authentication_failed"
+
+
+@pytest.mark.parametrize("key", ["abc\x00def" * 4, "x" * 40, "0" * 39, "é" * 40])
+def test_malformed_tokens_are_401_without_a_query(client, db, key, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = client.get("/api/v1/comfyui/", HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 401
+
+
+def test_a_nul_byte_in_the_session_cookie_is_no_session(client, user):
+    client.cookies["sessionid"] = "a" * 16 + "\x00" + "b" * 15
+    assert client.get("/history/").status_code == 302  # to the login page, as for anyone without a session
+    assert _error(client.get("/api/v1/comfyui/"), 401)["code"] == "not_authenticated"
+
+
+def test_regenerate_refuses_unknown_fields_like_submit(api, user, make_generation):
+    from generation.states import Status
+
+    original = make_generation(user, Status.COMPLETED)
+    response = api.post(f"/api/v1/comfyui/{original.pk}/regenerate/", {"same_seed": True, "extra": 1}, format="json")
+    assert _error(response, 400)["fields"] == {"extra": ["Unknown field."]}
+    submit = api.post(GENERATE, {"prompt": "x", "checkpoint_model": "c", "extra": 1}, format="json")
+    assert _error(submit, 400)["fields"]["extra"] == ["Unknown field."]
+
+
+def test_the_token_endpoint_refuses_unknown_fields(client, db):
+    response = client.post("/api/v1/auth/token/", {"username": "a", "password": "b", "admin": True},
+                           content_type="application/json")
+    assert _error(response, 400)["fields"] == {"admin": ["Unknown field."]}
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "x", "checkpoint_model": "c" * 100_000},
+    {"prompt": "x", "checkpoint_model": "tiny-sd15-random.safetensors",
+     "sampler_params": {"sampler_name": "s" * 100_000}},
+    {"prompt": "x", "checkpoint_model": "tiny-sd15-random.safetensors", "k" * 100_000: 1},
+])
+def test_echoed_values_are_truncated(api, checkpoint, body):
+    response = api.post(GENERATE, body, format="json")
+    error = _error(response, 400)
+    assert len(response.content) < 2_000
+    assert all("…" in text for texts in error["fields"].values() for text in texts if len(text) > 100)
+
+
+def test_echoed_values_are_truncated_on_the_generate_page(client, user, checkpoint):
+    client.force_login(user)
+    response = client.post("/", {"prompt": "x", "checkpoint_model": "c" * 100_000, "idempotency_key": "k"})
+    assert response.status_code == 400 and b"c" * 1000 not in response.content  # the message quotes 300
+
+
+def test_schema_and_docs_need_a_login_when_not_public(client, user, settings):
+    settings.API_DOCS_PUBLIC = False
+    assert client.get("/api/schema/", HTTP_ACCEPT="application/json").status_code == 401
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 302 and docs["Location"].startswith("/accounts/login/?next=/api/docs/")
+    client.force_login(user)
+    assert client.get("/api/schema/").status_code == 200
+    assert client.get("/api/docs/").status_code == 200
+
+
+def test_schema_and_docs_are_public_when_configured(client, db, settings):
+    settings.API_DOCS_PUBLIC = True
+    assert client.get("/api/schema/").status_code == 200 and client.get("/api/docs/").status_code == 200

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from generation.api.throttles import SubmitThrottle
 from generation.models import GenerationRequest
 from generation.states import Status
+from generation.throttling import RateCounter
 from tests.concurrency import run_concurrently
 
 GENERATE = "/api/v1/comfyui/generate/"
@@ -68,24 +69,45 @@ def test_two_concurrent_submits_with_one_idempotency_key_store_one_request(user,
             client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
             barrier.wait(timeout=10)
             response = client.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="same-key")
-            results.append((response.status_code, response.json()["id"]))
+            results.append((response.status_code, response.json()["id"], response.get("Idempotent-Replayed")))
         finally:
             connection.close()
 
     run_concurrently([submit] * 2)
-    assert sorted(code for code, _ in results) == [200, 201]
-    assert len({request_id for _, request_id in results}) == 1
+    assert [code for code, _, _ in results] == [201, 201]
+    assert sorted(str(replayed) for _, _, replayed in results) == ["None", "true"]  # the one that waited: a replay
+    assert len({request_id for _, request_id, _ in results}) == 1
     assert GenerationRequest.objects.filter(user=user).count() == 1
     # committed submits are queued (pending → queued on commit)
     assert GenerationRequest.objects.get(user=user).status == Status.QUEUED
 
 
-def test_submit_goes_through_when_the_throttle_cache_is_down(api, valid_params, monkeypatch):
-    """A Redis outage must not fail submits: the throttle fails open."""
-    from django.core.cache.backends.redis import RedisCache
+def test_the_submit_throttle_is_counted_in_the_database_not_the_cache(api, valid_params, monkeypatch):
+    """Counts survive the cache being emptied (each web process has its own cache without Redis)."""
+    monkeypatch.setattr(SubmitThrottle, "THROTTLE_RATES", {"submit": "2/min"})
+    codes = []
+    for _ in range(3):
+        cache.clear()
+        codes.append(api.post(GENERATE, valid_params, format="json").status_code)
+    assert codes == [201, 201, 429]
+    assert RateCounter.objects.get(scope="submit").hits == 3
 
-    down = RedisCache("redis://127.0.0.1:9/0", {})  # nothing listens on port 9
-    monkeypatch.setattr(SubmitThrottle, "cache", down)
-    monkeypatch.setattr(SubmitThrottle, "THROTTLE_RATES", {"submit": "1/min"})
-    codes = [api.post(GENERATE, valid_params, format="json").status_code for _ in range(2)]
-    assert codes == [201, 201]
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submits_never_pass_the_throttle(user, valid_params, monkeypatch):
+    monkeypatch.setattr(SubmitThrottle, "THROTTLE_RATES", {"submit": "3/min"})
+    token = Token.objects.create(user=user).key
+    barrier = threading.Barrier(6)
+    codes = []
+
+    def submit():
+        try:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+            barrier.wait(timeout=10)
+            codes.append(client.post(GENERATE, valid_params, format="json").status_code)
+        finally:
+            connection.close()
+
+    run_concurrently([submit] * 6)
+    assert sorted(codes) == [201, 201, 201, 429, 429, 429]

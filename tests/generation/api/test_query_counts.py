@@ -32,9 +32,10 @@ def submit(api, params):
 def test_a_submit_costs_a_fixed_number_of_queries(api, valid_params, one_backend, django_assert_num_queries):
     for _ in range(3):  # the broker now holds a wake-up per configured slot, as under load
         submit(api, valid_params)
-    # token, checkpoint, backends' capabilities (can any run it?), BEGIN, user lock, active count,
+    # token, submit-throttle upsert (counted in the database: it holds across web processes),
+    # checkpoint, backends' capabilities (can any run it?), BEGIN, user lock, active count,
     # requirement set (insert if new), insert, COMMIT, pending → queued, broker queue size, queue position
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(13):
         body = submit(api, valid_params)
     assert body["status"] == "queued" and body["queue_position"] == 4
     row = GenerationRequest.objects.get(pk=body["id"])

@@ -1,11 +1,14 @@
 """The request endpoints: submit, read, list, cancel, delete, regenerate."""
 
 import datetime
+import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
+from generation.idempotency import IdempotencyRecord
 from generation.models import GenerationRequest
 from generation.states import Status
 
@@ -83,14 +86,51 @@ def test_submit_with_inactive_checkpoint_is_refused(api, valid_params, checkpoin
     assert "checkpoint_model" in response.json()["error"]["fields"]
 
 
-def test_idempotency_key_returns_the_original(api, valid_params):
+def test_idempotency_key_replays_the_original_with_its_status(api, valid_params):
     first = api.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="abc-123")
-    again = api.post(GENERATE, {**valid_params, "prompt": "something else"}, format="json",
-                     HTTP_IDEMPOTENCY_KEY="abc-123")
-    assert first.status_code == 201 and again.status_code == 200
-    assert again.json()["id"] == first.json()["id"]
-    assert again.json()["prompt"] == "a lighthouse at dusk"
+    # the same body, keys in another order and other spacing: the same call
+    reordered = json.dumps(dict(reversed(list(valid_params.items()))), indent=4)
+    again = api.post(GENERATE, reordered, content_type="application/json", HTTP_IDEMPOTENCY_KEY="abc-123")
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again["Location"] == first["Location"]
+    assert "Idempotent-Replayed" not in first and again["Idempotent-Replayed"] == "true"
     assert GenerationRequest.objects.count() == 1
+
+
+def test_idempotency_key_reused_with_another_body_is_refused(api, valid_params):
+    first = api.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="abc-123")
+    other = api.post(GENERATE, {**valid_params, "prompt": "something else"}, format="json",
+                     HTTP_IDEMPOTENCY_KEY="abc-123")
+    assert first.status_code == 201
+    assert other.status_code == 422
+    error = other.json()["error"]
+    assert error["code"] == "idempotency_key_reused" and list(error["fields"]) == ["Idempotency-Key"]
+    assert GenerationRequest.objects.count() == 1
+
+
+def test_idempotency_keys_are_per_operation(api, user, valid_params, make_generation):
+    original = make_generation(user, Status.COMPLETED)
+    submitted = api.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+    regenerated = api.post(f"{detail(original.pk)}regenerate/", {}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
+    assert submitted.status_code == regenerated.status_code == 201
+    assert "Idempotent-Replayed" not in regenerated
+    assert regenerated.json()["id"] not in (submitted.json()["id"], str(original.pk))
+    assert regenerated.json()["regenerated_from"] == str(original.pk)
+
+
+def test_a_refused_call_stores_no_key(api, valid_params):
+    refused = api.post(GENERATE, {**valid_params, "width": 3}, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+    fixed = api.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+    assert refused.status_code == 400 and fixed.status_code == 201 and "Idempotent-Replayed" not in fixed
+
+
+def test_an_expired_key_is_free_again(api, valid_params, settings):
+    first = api.post(GENERATE, valid_params, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_HOURS,
+                                                                           seconds=1))
+    again = api.post(GENERATE, {**valid_params, "prompt": "new"}, format="json", HTTP_IDEMPOTENCY_KEY="old")
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
+    assert "Idempotent-Replayed" not in again
 
 
 def test_idempotency_keys_are_per_user(client_for, user, other_user, valid_params):
@@ -301,5 +341,11 @@ def test_regenerate_honours_an_idempotency_key(api, user, make_generation):
     url = f"{detail(original.pk)}regenerate/"
     first = api.post(url, {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
     second = api.post(url, {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
-    assert first.status_code == 201 and first.json()["id"] == second.json()["id"]
+    assert first.status_code == second.status_code == 201 and first.json()["id"] == second.json()["id"]
+    assert second["Idempotent-Replayed"] == "true"
     assert GenerationRequest.objects.filter(regenerated_from=original).count() == 1
+    # the same key for another body, or for regenerating another request, is a different call
+    assert api.post(url, {"same_seed": True}, format="json", HTTP_IDEMPOTENCY_KEY="again-1").status_code == 422
+    other = make_generation(user, Status.COMPLETED)
+    response = api.post(f"{detail(other.pk)}regenerate/", {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
+    assert response.status_code == 422 and "Idempotency-Key" in response.json()["error"]["fields"]

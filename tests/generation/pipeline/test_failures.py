@@ -59,7 +59,7 @@ def test_storage_failure_fails_with_reason_then_regenerate_works(simulator, clus
     assert row.status == "failed" and row.error.startswith("Storing the images failed: Could not store generations/")
     assert row.error_detail["type"] == "storage" and row.outputs == []
     blocker.unlink()
-    again = regenerate_generation(request=row, user=user, same_seed=True)
+    again, _ = regenerate_generation(request=row, user=user, same_seed=True)
     row = wait_for_request(again.pk, "failed", "completed", timeout=15)
     assert row.status == "completed", row.error
     assert len(row.outputs) == 1 and (_media_root / row.outputs[0]).exists()

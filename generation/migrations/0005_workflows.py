@@ -2,7 +2,8 @@
 
 Existing rows are txt2img version 1: their negative prompt, LoRAs and sampler settings move into
 ``params`` (with the summary columns), their requirements are computed as txt2img v1 built them,
-and the graph column is renamed ``graph`` (``workflow`` now names the kind of graph).
+and the graph column is renamed ``graph`` (``workflow`` now names the kind of graph). The request's
+own ``idempotency_key`` goes: keys live in ``IdempotencyRecord`` since 0003 (which copied them).
 """
 
 import hashlib
@@ -65,7 +66,7 @@ def backwards(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("generation", "0002_generationrequest_executed_at"),
+        ("generation", "0004_throttling"),
         ("models_registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
@@ -169,6 +170,8 @@ class Migration(migrations.Migration):
         ),
         migrations.RunPython(last_dispatches, migrations.RunPython.noop, elidable=False),
         migrations.RemoveConstraint(model_name="generationrequest", name="genreq_prompt_not_empty"),
+        migrations.RemoveConstraint(model_name="generationrequest", name="genreq_unique_idempotency_key"),
+        migrations.RemoveField(model_name="generationrequest", name="idempotency_key"),
         migrations.RemoveField(model_name="generationrequest", name="lora_models"),
         migrations.RemoveField(model_name="generationrequest", name="negative_prompt"),
         migrations.RemoveField(model_name="generationrequest", name="sampler_params"),
