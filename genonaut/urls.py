@@ -2,9 +2,10 @@
 
 from django.contrib import admin
 from django.contrib.auth.views import LoginView
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from generation.api.views import not_found as api_not_found
 from generation.login_guard import GuardedAdminAuthenticationForm, GuardedAuthenticationForm
 from genonaut import api_docs, health
 
@@ -20,6 +21,7 @@ urlpatterns = [
     # the split view serves its init script as a file: the page needs no inline script (CSP)
     path("api/docs/", api_docs.login_unless_public(SpectacularSwaggerSplitView.as_view(url_name="schema")),
          name="api-docs"),
+    re_path(r"^api[\s\S]*$", api_not_found),  # /api.json, /api/v1.json, /api/v2/…: the API's JSON 404
     path("healthz", health.liveness, name="healthz"),
     path("readyz", health.readiness, name="readyz"),
     path("", include("generation.urls")),

@@ -92,7 +92,7 @@ def test_format_suffixes_and_non_ascii_digits_on_every_route(db, keep_test_conne
     app = get_wsgi_application()
     schema = schemathesis.openapi.from_wsgi("/api/schema/", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    values = {"id": str(done.pk), "index": "0", "size": "small"}
+    values = {"id": str(done.pk), "index": "0", "size": "small", "slug": "txt2img"}
     bodies = {"/api/v1/comfyui/generate/": valid_params}
     api = werkzeug.test.Client(app)  # through WSGI like schemathesis (Django's test client would close our connection)
     failures, sent = [], 0

@@ -79,7 +79,7 @@ def test_inpaint_with_a_painted_mask_and_regenerate_with_the_same_seed(simulator
                                                     "input_image": str(image.pk), "mask_image": str(mask.pk)})
     first = _completed(wait_for_request, request)
     assert first.graph["13"]["inputs"]["image"] == f"genonaut/mask-{mask.sha256}.png"
-    again = _completed(wait_for_request, regenerate_generation(request=first, user=user, same_seed=True))
+    again = _completed(wait_for_request, regenerate_generation(request=first, user=user, same_seed=True)[0])
     assert again.params == first.params and again.workflow_slug == "inpaint"
     strip = {node_id: {**node, "inputs": {k: v for k, v in node["inputs"].items() if k != "filename_prefix"}}
              for node_id, node in first.graph.items()}
