@@ -202,7 +202,8 @@ def backend_overview(*, recent_failures=5):
     running = {row["backend"]: row for row in GenerationRequest.objects.filter(
         status=Status.RUNNING, backend__in=urls).values("backend").annotate(
         n=Count("id"), storing=Count("id", filter=Q(executed_at__isnull=False)),
-        executing=Count("id", filter=Q(executed_at__isnull=True) & (~Q(current_node="") | Q(progress__gt=0))))}
+        executing=Count("id", filter=Q(executed_at__isnull=True) & (Q(run__current_node__gt="")
+                                                                    | Q(run__progress__gt=0))))}
     recent = {row["backend"]: row for row in GenerationRequest.objects.filter(
         backend__in=urls, finished_at__gte=since).values("backend").annotate(
         completed=Count("id", filter=Q(status=Status.COMPLETED)), failed=Count("id", filter=Q(status=Status.FAILED)))}

@@ -9,7 +9,7 @@ from generation.states import Status
 
 def requests_visible_to(user):
     """The requests ``user`` may see: their own; staff see everyone's."""
-    qs = GenerationRequest.objects.select_related("user")
+    qs = GenerationRequest.objects.select_related("user", "run")
     return qs if user.is_staff else qs.filter(user=user)
 
 
@@ -57,7 +57,7 @@ def queue_positions(requests):
 
 def history_for_user(user, *, status=None, newest_first=True):
     """``user``'s own requests for the history page, optionally one status, by creation date."""
-    qs = GenerationRequest.objects.filter(user=user)
+    qs = GenerationRequest.objects.filter(user=user).select_related("run")
     if status:
         qs = qs.filter(status=status)
     return qs.order_by("-created_at" if newest_first else "created_at")

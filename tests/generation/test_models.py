@@ -4,7 +4,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import TERMINAL, Status
 from models_registry.models import AvailableModel, ModelType
 
@@ -56,11 +56,30 @@ def test_batch_limits_are_inclusive(user):
 
 @pytest.mark.parametrize("value", [-0.01, 1.01])
 def test_progress_between_0_and_1(user, value):
-    assert "genreq_progress_0_1" in rejected(user, progress=value)
+    request = create(user)
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        RunState.objects.create(request=request, attempt=1, progress=value)
+    assert "runstate_progress_0_1" in str(caught.value)
 
 
 def test_progress_limits_are_inclusive(user):
-    assert create(user, progress=1.0).progress == 1.0
+    request = create(user, attempts=1)
+    RunState.objects.create(request=request, attempt=1, progress=1.0)
+    assert GenerationRequest.objects.select_related("run").get(pk=request.pk).progress == 1.0
+
+
+def test_progress_is_read_from_the_run_state(user, django_assert_num_queries):
+    """Never dispatched: no RunState and no query for it; dispatched: its row (joined when selected)."""
+    fresh = create(user)
+    with django_assert_num_queries(0):
+        assert (fresh.progress, fresh.current_node, fresh.current_step, fresh.total_steps) == (0.0, "", 0, 0)
+    running = create(user, status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request=running, attempt=1, progress=0.5, current_node="KSampler (3)", current_step=2,
+                            total_steps=4)
+    loaded = GenerationRequest.objects.select_related("run").get(pk=running.pk)
+    with django_assert_num_queries(0):
+        assert (loaded.progress, loaded.current_node, loaded.current_step, loaded.total_steps) == (
+            0.5, "KSampler (3)", 2, 4)
 
 
 def test_prompt_may_be_empty(user):

@@ -6,7 +6,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 from models_registry.models import AvailableModel, ModelType
 
@@ -206,8 +206,9 @@ def test_generate_prefilled_from_an_earlier_request(login, user, other_user, che
 # --- request card -----------------------------------------------------------------------------
 
 def test_request_page_and_live_partial(login, user, checkpoint):
-    running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.5, current_step=2, total_steps=4,
-                           current_node="3", graph={"3": {"class_type": "KSampler", "inputs": {}}})
+    running = make_request(user, checkpoint, status=Status.RUNNING, attempts=1,
+                           graph={"3": {"class_type": "KSampler", "inputs": {}}})
+    RunState.objects.create(request=running, attempt=1, progress=0.5, current_step=2, total_steps=4, current_node="3")
     client = login(user)
     page = client.get(reverse("request-detail", args=[running.pk]))
     assert page.status_code == 200

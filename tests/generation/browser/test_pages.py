@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 from models_registry.models import AvailableModel, ModelType
 from tests.plugins.browser import log_in, screenshot
@@ -231,8 +231,9 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
 
     page.goto(f"{live_server.url}/requests/{waiting.pk}/")
     expect(page.get_by_text("position 1 in the queue")).to_be_visible()
-    GenerationRequest.objects.filter(pk=waiting.pk).update(status=Status.RUNNING, current_step=3, total_steps=8,
-                                                           progress=0.375, current_node="KSampler (3)")
+    GenerationRequest.objects.filter(pk=waiting.pk).update(status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request_id=waiting.pk, attempt=1, current_step=3, total_steps=8, progress=0.375,
+                            current_node="KSampler (3)")
     expect(page.get_by_text("Step 3 / 8 · KSampler (3)")).to_be_visible()
     expect(page.get_by_test_id("percent")).to_have_text("38%")
     assert states.transition(waiting.pk, Status.CANCELLED)
