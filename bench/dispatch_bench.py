@@ -10,7 +10,8 @@ of four requirement sets (txt2img with one of four checkpoints). ``…_history``
 Backends are configured but never contacted (the claim only reads and writes rows): every even one
 has all four checkpoints in its recorded capabilities, every odd one two of them (a mixed fleet).
 
-One sample is one ``dispatcher.claim_next()`` call in this process (wall time, ``perf_counter``);
+One sample is one ``dispatcher.claim_next()`` call in this process (wall time, ``perf_counter``; and
+the CPU time it cost this process and its PostgreSQL backend, which load on the machine does not change);
 after it, outside the timing, the claimed request goes back to ``queued`` so the queue and the free
 slots stay the same. Samples alternate between the two databases in rounds of 20 (so load on the
 machine hits both alike), for each backend count, with and without requirement sets on the queued
@@ -211,21 +212,39 @@ def put_back(claim):
                                                                  started_at=None, executed_at=None)
 
 
+def backend_cpu_seconds():
+    """CPU time so far of the PostgreSQL backend serving our connection (same machine: /proc)."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    if getattr(connection, "_bench_connection", None) is not connection.connection:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            connection._bench_backend_pid = cursor.fetchone()[0]
+        connection._bench_connection = connection.connection
+    fields = Path(f"/proc/{connection._bench_backend_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def claim_once():
+    """One timed claim: (wall seconds, CPU seconds of this process + of its PostgreSQL backend)."""
     from generation.dispatcher import claim_next
 
+    server_before, client_before = backend_cpu_seconds(), time.process_time()
     start = time.perf_counter()
     claim = claim_next()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - client_before + backend_cpu_seconds() - server_before
     if claim is None:
         raise RuntimeError("claim_next() found nothing to claim")
     put_back(claim)
-    return elapsed
+    return elapsed, cpu
 
 
 def measure(claims):
     """``claims`` samples per database, alternating in rounds of ROUND."""
     samples = {name: [] for name in DATABASES}
+    cpu = {name: 0.0 for name in DATABASES}
     for name in DATABASES:  # warm-up: caches of this process and of PostgreSQL
         use(DATABASES[name])
         for _ in range(10):
@@ -234,8 +253,12 @@ def measure(claims):
         for name, db in DATABASES.items():
             use(db)
             for _ in range(min(ROUND, claims - len(samples[name]))):
-                samples[name].append(claim_once())
-    return {name: summary(values) for name, values in samples.items()}
+                wall, spent = claim_once()
+                samples[name].append(wall)
+                cpu[name] += spent
+    # CPU (client + server) does not depend on what else the machine runs; wall time does
+    return {name: {**summary(values), "cpu_ms_per_claim": round(cpu[name] * 1000 / len(values), 2)}
+            for name, values in samples.items()}
 
 
 def explain():
@@ -252,7 +275,7 @@ def explain():
     plans = []
     for query in captured.captured_queries:
         sql = query["sql"]
-        if not sql.lstrip().upper().startswith("SELECT") or "FOR UPDATE" in sql.upper():
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")) or "FOR UPDATE" in sql.upper():
             continue
         with connection.cursor() as cursor:
             cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}")

@@ -128,8 +128,9 @@ def capabilities_of(object_info):
 def record_capabilities(url, object_info):
     """Store what ``url``'s ``object_info`` says it can run (the dispatcher and submit read it)."""
     nodes, lists = capabilities_of(object_info)
-    BackendState.objects.filter(url=url).update(node_classes=nodes, model_lists=lists,
-                                                capabilities_at=timezone.now())
+    now = timezone.now()  # it answered /object_info: proof it is reachable, as a probe would be
+    BackendState.objects.filter(url=url).update(node_classes=nodes, model_lists=lists, capabilities_at=now,
+                                                last_ok_at=now)
     return nodes, lists
 
 

@@ -123,6 +123,8 @@ def _may_start(alias, now, keys):
     sql = f"{alias}.status = %s AND ({alias}.not_before IS NULL OR {alias}.not_before <= %s)"
     params = [Status.QUEUED.value, connection.ops.adapt_datetimefield_value(now)]
     if keys is not None:
+        # (genreq_queued_req_idx leaves NULLs out, so "IS NULL" never becomes a bitmap scan of every
+        # queued request without requirements: the planner walks the user's rows in order instead)
         placeholders = ", ".join(["%s"] * len(keys))
         sql += f" AND ({alias}.requirements_id IS NULL" + (f" OR {alias}.requirements_id IN ({placeholders}))"
                                                            if keys else ")")
@@ -271,9 +273,10 @@ def queued_requirement_keys():
     table = GenerationRequest._meta.db_table
     sql = f"""
         WITH RECURSIVE needed(k) AS (
-            SELECT MIN(requirements_id) FROM {table} WHERE status = %s
+            SELECT MIN(requirements_id) FROM {table} WHERE status = %s AND requirements_id IS NOT NULL
             UNION ALL
-            SELECT (SELECT MIN(q.requirements_id) FROM {table} q WHERE q.status = %s AND q.requirements_id > needed.k)
+            SELECT (SELECT MIN(q.requirements_id) FROM {table} q
+                    WHERE q.status = %s AND q.requirements_id IS NOT NULL AND q.requirements_id > needed.k)
             FROM needed WHERE needed.k IS NOT NULL
         )
         SELECT k FROM needed WHERE k IS NOT NULL
@@ -283,14 +286,20 @@ def queued_requirement_keys():
         return [row[0] for row in cursor.fetchall()]
 
 
+def able_to_run(rows, keys):
+    """``{requirement-set key: URLs among the ``BackendState`` ``rows`` whose recorded capabilities hold
+    it}`` (a backend whose capabilities were never read counts as able: the runner checks it)."""
+    capabilities = {row.url: _capabilities_of(row) for row in rows}
+    return {key: {url for url, caps in capabilities.items() if caps is None or not needs.missing_on(*caps)}
+            for key, needs in _requirements(keys).items()}
+
+
 def eligibility(rows, free_urls):
     """``{requirement-set key: URLs of free backends that can run it}`` for the sets queued requests need."""
     keys = queued_requirement_keys()
     if not keys:
         return {}
-    capabilities = {row.url: _capabilities_of(row) for row in rows if row.url in free_urls}
-    return {key: {url for url, caps in capabilities.items() if caps is None or not needs.missing_on(*caps)}
-            for key, needs in _requirements(keys).items()}
+    return able_to_run([row for row in rows if row.url in free_urls], keys)
 
 
 def _locked_backends(urls):
@@ -323,6 +332,8 @@ def claim_next(*, affinity=None):
             rows = [row for row in _locked_backends(urls) if row.is_healthy]
             if not rows:
                 return None
+            # counted after the lock is held (a new statement, so a fresh snapshot under READ COMMITTED:
+            # counting in the locking statement itself would see the claims it waited for as not made);
             # a job whose prompt ComfyUI has finished (outputs being stored) no longer holds a slot
             running = dict(GenerationRequest.objects.filter(status=Status.RUNNING, executed_at__isnull=True,
                                                             backend__in=[r.url for r in rows])

@@ -106,7 +106,7 @@ class GenerationRequest(models.Model):
             # dispatcher: which requirement sets the queued requests need; which users wait, and their
             # first requests (loose index scans: one probe per set or user, whatever the queue's length)
             models.Index(fields=["requirements", "created_at"], name="genreq_queued_req_idx",
-                         condition=Q(status="queued")),
+                         condition=Q(status="queued", requirements__isnull=False)),
             models.Index(fields=["user", "created_at", "id"], name="genreq_queued_user_idx",
                          condition=Q(status="queued")),
         ]

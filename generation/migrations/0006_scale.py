@@ -7,7 +7,8 @@
   free (fillfactor 50), so those rewrites stay HOT (no index touched) on the same page.
 - ``not_before`` (a requeued request waits until then) and ``backend_stop`` (after a cancel:
   stopping its prompt on the backend) are new; ``genreq_queued_user_idx`` lets the dispatcher find
-  which users wait in one index probe per user.
+  which users wait in one index probe per user; ``genreq_queued_req_idx`` leaves out requests without
+  requirements (a condition on those must not turn into a scan of the index).
 """
 
 import django.db.models.deletion
@@ -105,6 +106,14 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='generationrequest',
             index=models.Index(condition=models.Q(('status', 'queued')), fields=['user', 'created_at', 'id'], name='genreq_queued_user_idx'),
+        ),
+        migrations.RemoveIndex(
+            model_name='generationrequest',
+            name='genreq_queued_req_idx',
+        ),
+        migrations.AddIndex(
+            model_name='generationrequest',
+            index=models.Index(condition=models.Q(('requirements__isnull', False), ('status', 'queued')), fields=['requirements', 'created_at'], name='genreq_queued_req_idx'),
         ),
         migrations.AddConstraint(
             model_name='runstate',

@@ -137,3 +137,39 @@ def test_available_model_label_and_offered(db):
     assert model.label == "foo.bar" and model.is_offered
     model.is_present = False
     assert not model.is_offered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_scale_migration_moves_progress_and_the_lease_to_run_state_and_back(user):
+    """Migrated for real: a running and a completed request from before 0006 keep their progress and
+    lease in RunState; a never-dispatched one gets no row; going back restores the columns."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("generation", "0005_workflows")], [("generation", "0006_scale")]
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes("generation")
+    lease = timezone.now()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps.get_model("generation", "GenerationRequest")
+        running = old.objects.create(user_id=user.pk, status="running", attempts=2, heartbeat_at=lease, progress=0.5,
+                                     current_node="KSampler (3)", current_step=5, total_steps=10)
+        done = old.objects.create(user_id=user.pk, status="completed", attempts=1, progress=1.0,
+                                  finished_at=lease)
+        waiting = old.objects.create(user_id=user.pk, status="queued")
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        runs = executor.loader.project_state(after).apps.get_model("generation", "RunState")
+        assert {(r.request_id, r.attempt, r.heartbeat_at, r.progress, r.current_node, r.current_step, r.total_steps)
+                for r in runs.objects.all()} == {
+            (running.pk, 2, lease, 0.5, "KSampler (3)", 5, 10), (done.pk, 1, None, 1.0, "", 0, 0)}
+        executor = MigrationExecutor(connection)
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps.get_model("generation", "GenerationRequest")
+        back = old.objects.get(pk=running.pk)
+        assert (back.heartbeat_at, back.progress, back.current_node, back.current_step) == (lease, 0.5,
+                                                                                             "KSampler (3)", 5)
+        assert old.objects.get(pk=waiting.pk).progress == 0.0
+    finally:
+        MigrationExecutor(connection).migrate(latest)

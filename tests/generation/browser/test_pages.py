@@ -219,7 +219,7 @@ def test_every_control_has_a_label(live_server, page, user, models):
         assert page.evaluate(UNLABELLED) == [], path
 
 
-def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models):
+def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models, reachable_backend):
     from generation import states
 
     checkpoint, _ = models
@@ -249,3 +249,24 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
     page.goto(f"{live_server.url}/requests/{gone.pk}/")
     GenerationRequest.objects.filter(pk=gone.pk).delete()
     expect(page.get_by_text("This request no longer exists")).to_be_visible()
+
+
+def test_waiting_with_no_reachable_backend_is_said_until_one_answers(live_server, page, user, models, settings):
+    """Not "position 1 in the queue" forever: the card and the Generate page say no backend answers,
+    and the card switches to the queue position by itself once one does."""
+    from django.utils import timezone
+
+    from generation.models import BackendState
+
+    checkpoint, _ = models
+    waiting = stored(user, checkpoint, 1, Status.QUEUED)
+    log_in(page, live_server.url, user)
+    page.goto(f"{live_server.url}/")
+    expect(page.get_by_test_id("no-backend")).to_contain_text("Waiting: no backend is reachable")
+    page.goto(f"{live_server.url}/requests/{waiting.pk}/")
+    expect(page.get_by_test_id("waiting-reason")).to_have_text("Waiting: no backend is reachable")
+    expect(page.get_by_text("position 1 in the queue")).to_have_count(0)
+    screenshot(page, "request-no-backend")
+    BackendState.objects.create(url=settings.COMFYUI_BACKENDS[0]["url"], last_ok_at=timezone.now())
+    expect(page.get_by_text("position 1 in the queue")).to_be_visible()
+    expect(page.get_by_test_id("waiting-reason")).to_have_count(0)
