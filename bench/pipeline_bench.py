@@ -128,7 +128,7 @@ class Harness:
             env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
         Conf.CLUSTER_NAME = Conf.PREFIX = name
         if self.redis_url:
-            Conf.ORM, Conf.REDIS = None, self.redis_url
+            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, self.redis_url, None
         log = tempfile.NamedTemporaryFile(prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         self.cluster = Cluster(env, log.name).start()

@@ -89,18 +89,16 @@ def fair_order(limit=AFFINITY_WINDOW, *, requirements=None, now=None):
     submission order, interleaved (user1 #1, user2 #1, …, user1 #2, …).
 
     Cost: one query that walks the queued rows' partial index once per waiting user (a loose
-    index scan) and reads each one's first request and turn — O(users), whatever the history or
-    the queue's length — plus, only when fewer than ``limit`` users wait, one query for their next
-    requests. Never a scan of history, never a sort of the whole queue.
+    index scan), reads each one's first request and turn, and answers the first ``limit`` users'
+    — O(users), whatever the history or the queue's length — plus, only when fewer than ``limit``
+    users wait, one query for their next requests. Never a scan of history, never a sort of the
+    whole queue.
     """
     now = now or timezone.now()
     keys = None if requirements is None else sorted(requirements)
-    heads = _waiting_heads(now, keys)
+    heads = _waiting_heads(now, keys, limit)
     if not heads:
         return []
-    # never-dispatched users first (FIFO among them by their oldest request), then least recently served
-    heads.sort(key=lambda h: (h[7] is not None, h[7] or h[6], h[6]))
-    heads = heads[:limit]
     if len(heads) >= limit:
         return [_Candidate(*head[:6]) for head in heads]
     per_user = -(-limit // len(heads))  # each user contributes at most this many to the window
@@ -132,9 +130,10 @@ def _may_start(alias, now, keys):
     return sql, params
 
 
-def _waiting_heads(now, keys):
-    """Per user with queued work that may start now: that work's first request (the ``_COLUMNS``) and
-    the user's last dispatch (or ``None``).
+def _waiting_heads(now, keys, limit):
+    """The first request (the ``_COLUMNS``) of each of the first ``limit`` users in fair order among
+    those with queued work that may start now: never-dispatched users first (FIFO among them by that
+    request), then the least recently served.
 
     Raw SQL, because the ORM has no recursive CTE: ``waiting`` is a loose index scan over the partial
     index ``genreq_queued_user_idx`` (one index probe per user, not one row per queued request); the
@@ -150,15 +149,18 @@ def _waiting_heads(now, keys):
             SELECT (SELECT MIN(q.user_id) FROM {table} q WHERE q.status = %s AND q.user_id > waiting.user_id)
             FROM waiting WHERE waiting.user_id IS NOT NULL
         )
-        SELECT {columns}, turn.last_dispatched_at
+        SELECT {columns}
         FROM waiting
         JOIN {table} head ON head.id = (
             SELECT r.id FROM {table} r WHERE r.user_id = waiting.user_id AND {may_start}
             ORDER BY r.created_at, r.id LIMIT 1)
         LEFT JOIN {turns} turn ON turn.user_id = waiting.user_id
+        ORDER BY turn.last_dispatched_at IS NOT NULL, COALESCE(turn.last_dispatched_at, head.created_at),
+                 head.created_at, head.id
+        LIMIT %s
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Status.QUEUED.value, Status.QUEUED.value, *params])
+        cursor.execute(sql, [Status.QUEUED.value, Status.QUEUED.value, *params, limit])
         return [_converted(row) for row in cursor.fetchall()]
 
 
@@ -185,10 +187,9 @@ def _converted(row):
     converted = list(row)
     if not isinstance(converted[0], uuid.UUID):
         converted[0] = uuid.UUID(str(converted[0]))
-    for index in (6, 7):
-        if index < len(converted) and isinstance(converted[index], str):
-            moment = datetime.fromisoformat(converted[index])
-            converted[index] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if isinstance(converted[6], str):
+        moment = datetime.fromisoformat(converted[6])
+        converted[6] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return converted
 
 
@@ -240,19 +241,21 @@ def choose(candidates, backends, *, affinity=True, max_skips=None, eligible=None
 
 _capabilities = {}  # (url, capabilities_at) -> (frozenset of node classes, {folder: frozenset}), per process
 _requirement_sets = {}  # key -> Requirements; a key is the hash of its content, so an entry never goes stale
+_able = {}  # (requirement key, url, capabilities_at) -> whether that backend can run that set
 
 
 def _capabilities_of(row):
-    """What a locked ``BackendState`` row can run, or ``None`` when it was never read (runs anything;
-    the runner checks the live ``object_info`` at dispatch)."""
+    """What a ``BackendState`` row can run, or ``None`` when it was never read (runs anything; the runner
+    checks the live ``object_info`` at dispatch). Read from the database once per recorded version:
+    rows are loaded without their (large) capability columns."""
     if row.capabilities_at is None:
         return None
     key = (row.url, row.capabilities_at)
     if key not in _capabilities:
         if len(_capabilities) > 256:
             _capabilities.clear()
-        _capabilities[key] = (frozenset(row.node_classes),
-                              {folder: frozenset(names) for folder, names in (row.model_lists or {}).items()})
+        nodes, lists = BackendState.objects.filter(pk=row.pk).values_list("node_classes", "model_lists").get()
+        _capabilities[key] = (frozenset(nodes), {folder: frozenset(names) for folder, names in (lists or {}).items()})
     return _capabilities[key]
 
 
@@ -288,10 +291,21 @@ def queued_requirement_keys():
 
 def able_to_run(rows, keys):
     """``{requirement-set key: URLs among the ``BackendState`` ``rows`` whose recorded capabilities hold
-    it}`` (a backend whose capabilities were never read counts as able: the runner checks it)."""
-    capabilities = {row.url: _capabilities_of(row) for row in rows}
-    return {key: {url for url, caps in capabilities.items() if caps is None or not needs.missing_on(*caps)}
-            for key, needs in _requirements(keys).items()}
+    it}`` (a backend whose capabilities were never read counts as able: the runner checks it). Each
+    (set, backend, recorded version) is judged once per process."""
+    needs = _requirements(keys)
+    able = {key: set() for key in needs}
+    for row in rows:
+        for key, requirements in needs.items():
+            memo = (key, row.url, row.capabilities_at)
+            if memo not in _able:
+                if len(_able) > 16384:
+                    _able.clear()
+                caps = _capabilities_of(row)
+                _able[memo] = caps is None or not requirements.missing_on(*caps)
+            if _able[memo]:
+                able[key].add(row.url)
+    return able
 
 
 def eligibility(rows, free_urls):
@@ -304,11 +318,13 @@ def eligibility(rows, free_urls):
 
 def _locked_backends(urls):
     """The configured backends' rows, locked in URL order (created or corrected first if settings changed)."""
-    rows = list(BackendState.objects.select_for_update().filter(url__in=urls).order_by("url"))
+    locked = (BackendState.objects.select_for_update().filter(url__in=urls).order_by("url")
+              .only("url", "capacity", "is_healthy", "loaded_checkpoint", "capabilities_at"))
+    rows = list(locked)
     capacity = {b["url"]: b["capacity"] for b in settings.COMFYUI_BACKENDS}
     if len(rows) != len(urls) or any(row.capacity != capacity[row.url] for row in rows):
         sync_backends()
-        rows = list(BackendState.objects.select_for_update().filter(url__in=urls).order_by("url"))
+        rows = list(locked.all())
     return rows
 
 

@@ -64,7 +64,8 @@ def reachable_backends():
     answering): a request can start only on one of these."""
     from generation.backends import configured_urls
 
-    return list(BackendState.objects.filter(url__in=configured_urls(), is_healthy=True, last_ok_at__isnull=False))
+    return list(BackendState.objects.filter(url__in=configured_urls(), is_healthy=True, last_ok_at__isnull=False)
+                .only("url", "capabilities_at"))
 
 
 def waiting_reason(request):

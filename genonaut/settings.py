@@ -398,6 +398,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL", 0.2)
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and not env_bool("DATABASE_TRANSACTION_POOLING"):
+        # wakes the pusher by NOTIFY instead of its poll (LISTEN needs a direct connection, not PgBouncer's)
+        Q_CLUSTER["broker_class"] = "generation.broker.NotifyingORM"
 
 # Throttle and login counters live in the database (generation/throttling.py, login_guard.py), so they
 # hold across web processes with or without Redis; the cache only speeds things up.

@@ -137,7 +137,7 @@ def cluster_factory(transactional_db, settings, _media_root):
     from django_q.conf import Conf
 
     started = []
-    saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "CLUSTER_NAME", "PREFIX")}
+    saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "BROKER_CLASS", "CLUSTER_NAME", "PREFIX")}
 
     def factory(backends, *, workers=None, redis_url=None, generation=None, env=None, name=None):
         backends = backend_list(backends)
@@ -166,7 +166,7 @@ def cluster_factory(transactional_db, settings, _media_root):
         # the test process enqueues to the same broker and queue as the cluster
         Conf.CLUSTER_NAME = Conf.PREFIX = name
         if redis_url:
-            Conf.ORM, Conf.REDIS = None, redis_url
+            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, redis_url, None  # as the cluster's settings say
         log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         cluster = Cluster(child_env, log.name)
