@@ -328,6 +328,22 @@ def _locked_backends(urls):
     return rows
 
 
+def _window(rows, free_urls):
+    """The fair-order window of requests the free backends may run, and ``eligible`` for :func:`choose`.
+
+    Usually every request in the window can run on some free backend: then the window read without
+    any requirement filter is the filtered one (a user's place does not depend on it), and only the
+    window's requirement sets are judged. Otherwise the sets every queued request needs are read and
+    the window is read again keeping only requests a free backend can run."""
+    free_rows = [row for row in rows if row.url in free_urls]
+    candidates = fair_order()
+    eligible = able_to_run(free_rows, sorted({c.requirements for c in candidates if c.requirements}))
+    if all(c.requirements is None or eligible.get(c.requirements) for c in candidates):
+        return candidates, eligible
+    eligible = eligibility(rows, free_urls)
+    return fair_order(requirements={key for key, able in eligible.items() if able}), eligible
+
+
 def claim_next(*, affinity=None):
     """Claim the next (request, backend) pair: mark the request running on that backend and
     return a :class:`Claim`, or ``None`` when no backend has a free slot or nothing is queued
@@ -358,9 +374,8 @@ def claim_next(*, affinity=None):
             free_urls = {b.url for b in backends if b.free > 0}
             if not free_urls:
                 return None
-            eligible = eligibility(rows, free_urls)
-            runnable = {key for key, able in eligible.items() if able}
-            picked = choose(fair_order(requirements=runnable), backends, affinity=affinity, eligible=eligible)
+            candidates, eligible = _window(rows, free_urls)
+            picked = choose(candidates, backends, affinity=affinity, eligible=eligible)
             if picked is None:
                 return None
             candidate, backend, skipped = picked

@@ -268,3 +268,49 @@ def test_a_claim_leaves_a_fresh_lease_and_zero_progress(two_backends, user):
     run = RunState.objects.get(request=request)
     assert (run.attempt, run.heartbeat_at, run.progress, run.current_node, run.current_step) == (
         2, claim.lease, 0.0, "", 0)
+
+
+# --- capabilities ------------------------------------------------------------------------------
+
+
+def _needs(checkpoint):
+    """A RequirementSet for txt2img with ``checkpoint`` (its key)."""
+    from generation.models import RequirementSet
+    from generation.workflows import Requirements
+
+    requirements = Requirements.of(["CheckpointLoaderSimple", "KSampler", "SaveImage"], [("checkpoints", checkpoint)])
+    RequirementSet.objects.get_or_create(key=requirements.key, defaults={
+        "nodes": list(requirements.nodes), "model_files": requirements.as_json()["models"]})
+    return requirements.key
+
+
+def _capable(url, checkpoints):
+    BackendState.objects.update_or_create(url=url, defaults={
+        "node_classes": ["CheckpointLoaderSimple", "KSampler", "SaveImage"],
+        "model_lists": {"checkpoints": checkpoints}, "capabilities_at": timezone.now()})
+
+
+def test_a_request_goes_only_where_its_model_is(two_backends, user):
+    claim_next()  # creates the rows
+    _capable(A, ["common.safetensors"])
+    _capable(B, ["common.safetensors", "rare.safetensors"])
+    rare = _queued(user, checkpoint="rare.safetensors", age=0, requirements_id=_needs("rare.safetensors"))
+    claim = claim_next()
+    assert (claim.request_id, claim.backend) == (rare.id, B)
+
+
+def test_a_users_request_that_cannot_run_now_does_not_hold_back_their_next_one(two_backends, make_user):
+    """The head of a user's queue needs a model only a full backend has: their next request that a free
+    backend can run goes in their turn (the window is read again, filtered)."""
+    alice, bob = make_user("alice"), make_user("bob")
+    claim_next()
+    _capable(A, ["common.safetensors"])
+    _capable(B, ["common.safetensors", "rare.safetensors"])
+    two_backends.COMFYUI_BACKENDS = [{"url": A, "capacity": 2}, {"url": B, "capacity": 1}]
+    busy = _queued(bob, checkpoint="rare.safetensors", age=0, requirements_id=_needs("rare.safetensors"))
+    assert claim_next().request_id == busy.id  # B is full now
+    blocked = _queued(alice, checkpoint="rare.safetensors", age=1, requirements_id=_needs("rare.safetensors"))
+    runnable = _queued(alice, checkpoint="common.safetensors", age=2, requirements_id=_needs("common.safetensors"))
+    claim = claim_next()
+    assert (claim.request_id, claim.backend) == (runnable.id, A)
+    assert GenerationRequest.objects.get(pk=blocked.id).status == Status.QUEUED
