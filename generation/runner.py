@@ -181,6 +181,7 @@ class JobRunner:
         self.pending_fields = {}
         self.step = self.total_steps = 0
         self.current_node = ""
+        self.graph = None  # the graph built for this attempt (stored on the row once submitted)
         self.woke = False  # whether this job already sent the wake-up for the slot it frees
         self.retry_at = None  # when a request this job requeued with a backoff may start again
 
@@ -190,7 +191,8 @@ class JobRunner:
         job = self.job
         try:
             self.request = GenerationRequest.objects.get(pk=job.request_id)
-            graph = self.request.graph if resume and self.request.graph else self.build_graph()
+            stored = resume and self.request.graph
+            graph = self.request.graph if stored else self.build_graph()
             with self.client.event_stream(job.prompt_id) as events:
                 if resume:
                     # someone may have submitted it already: re-attach, never send it twice
@@ -201,7 +203,12 @@ class JobRunner:
                     # a fresh claim minted this prompt id a moment ago, so no one can have sent it;
                     # submit() itself asks /queue + /history before retrying after a transport error
                     location = Location("unsent")
+                    self.write(force=True)  # still ours (not cancelled, not taken over): only then submit
                     self.client.submit(graph, prompt_id=job.prompt_id, client_id=job.prompt_id)
+                if not stored:
+                    # the exact graph that runs, written while ComfyUI starts on it (a narrow heartbeat,
+                    # not this write to the wide row, is what stands between the claim and the submit)
+                    self.record(graph=graph)
                 if location.state == "finished":
                     outcome = ev.outcome_from_history(job.prompt_id, location.history)
                 else:
@@ -217,7 +224,8 @@ class JobRunner:
             stop_on_backend(self.request)
             self.requeue_or_fail(f"Stalled: {exc}", cause="stalled", backoff=True)
         except WorkflowRejected as exc:
-            self.fail(exc.message, {"type": "validation", "error": exc.error, "node_errors": exc.node_errors})
+            self.fail(exc.message, {"type": "validation", "error": exc.error, "node_errors": exc.node_errors},
+                      graph=self.graph)
         except ExecutionFailed as exc:
             self.fail(exc.message, {"type": "execution", "node_id": exc.node_id, "node_type": exc.node_type,
                                     "exception_type": exc.exception_type,
@@ -253,14 +261,13 @@ class JobRunner:
 
     def build_graph(self):
         """The request's graph for this backend: check the backend can run it, upload the input
-        images, build, store the graph on the row (exactly what ran), validate like ComfyUI."""
+        images, build (kept in ``self.graph``), validate like ComfyUI."""
         request = self.request
         workflow = request.workflow
         info = self.check_capabilities()
         files = self.upload_inputs()
-        graph = workflow.build(request.params, files=files,
-                               filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
-        self.record(graph=graph)
+        graph = self.graph = workflow.build(request.params, files=files,
+                                            filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
         check_graph(graph, info, backend=self.job.backend)
         return graph
 
@@ -385,11 +392,13 @@ class JobRunner:
 
     def record(self, **fields):
         """Write ``fields`` of the request row itself (the graph sent, ``executed_at``): once per
-        step of the job, never per heartbeat. Raises :class:`NotOurs` like :meth:`write`."""
+        step of the job, never per heartbeat. Raises :class:`NotOurs` like :meth:`write`.
+        ``updated_at`` (indexed) stays as it is: these are the runner's bookkeeping, and an update
+        that changes no indexed column can be HOT."""
         updated = GenerationRequest.objects.filter(pk=self.job.request_id, status=Status.RUNNING,
                                                    attempts=self.job.attempt).filter(
             Exists(RunState.objects.filter(request_id=OuterRef("pk"), attempt=self.job.attempt,
-                                           heartbeat_at=self.job.lease))).update(updated_at=timezone.now(), **fields)
+                                           heartbeat_at=self.job.lease))).update(**fields)
         if updated != 1:
             raise NotOurs
 
@@ -519,12 +528,12 @@ class JobRunner:
 
     # --- endings -------------------------------------------------------------------------------
 
-    def fail(self, message, detail):
+    def fail(self, message, detail, **fields):
         with transaction.atomic():
             won = lifecycle.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
                                        lease=self.lease, error=message[:4000],
                                        error_detail={**detail, "backend": self.job.backend,
-                                                     "attempt": self.job.attempt})
+                                                     "attempt": self.job.attempt}, **fields)
             if won:
                 RunState.objects.filter(request_id=self.job.request_id).update(heartbeat_at=None)
                 backends.record_outcome(self.job.backend, completed=False)
