@@ -47,12 +47,17 @@ def get_builtin(slug):
     return _builtins().get(slug)
 
 
+def builtin_workflows():
+    """The built-in workflows, the default first (no database needed)."""
+    return sorted(_builtins().values(), key=lambda w: (w.slug != DEFAULT_WORKFLOW, w.name.lower()))
+
+
 def all_workflows(user=None):
     """Every workflow on offer (to ``user``: enabled templates visible to them), the default first,
     then built-ins, then templates, by name."""
     from generation.models import WorkflowTemplate
 
-    workflows = sorted(_builtins().values(), key=lambda w: (w.slug != DEFAULT_WORKFLOW, w.name.lower()))
+    workflows = builtin_workflows()
     templates = WorkflowTemplate.objects.filter(is_enabled=True).prefetch_related("groups").order_by("name")
     for template in templates:
         if user is None or may_run(user, template):
