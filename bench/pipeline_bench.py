@@ -1,8 +1,12 @@
 """Pipeline benchmark: orchestration overhead, success → completed latency, thumbnails,
-throughput over 4 backends, model affinity against plain round-robin.
+throughput over 4 backends, model affinity against plain round-robin, HOT updates of a 200-job run.
 
-    .venv/bin/python bench/pipeline_bench.py [--only overhead,thumbnails,throughput,affinity]
+    .venv/bin/python bench/pipeline_bench.py [--only overhead,thumbnails,throughput,affinity,hot]
                                              [--jobs 500] [--samples 20] [--affinity-jobs 16]
+                                             [--hot-jobs 200] [--redis URL]
+
+The cluster runs with the product's defaults (``Q_POLL`` 0.2 s for the ORM broker) unless
+``BENCH_Q_POLL`` says otherwise.
 
 Runs on PostgreSQL in a database of its own (``genonaut_pipeline_bench_<pid>`` on ``BENCH_POSTGRES``,
 default ``postgres://postgres@127.0.0.1:5432``; created, migrated, dropped at the end — two runs
@@ -121,14 +125,14 @@ class Harness:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "genonaut.test_settings", "DATABASE_URL": database_url(),
                "COMFYUI_URL": ",".join(f"{b['url']};capacity={b['capacity']}" for b in backends),
                "Q_WORKERS": str(workers or sum(b["capacity"] for b in backends)),
-               "Q_POLL": os.environ.get("BENCH_Q_POLL", "0.02"),  # ORM broker poll: the latency floor of a wake-up
+               **({"Q_POLL": os.environ["BENCH_Q_POLL"]} if "BENCH_Q_POLL" in os.environ else {}),
                "Q_CLUSTER_NAME": name, "REDIS_URL": self.redis_url or "", "LOG_LEVEL": "INFO",
                "MEDIA_ROOT": os.environ["MEDIA_ROOT"], "PYTHONUNBUFFERED": "1"}
         for key, value in overrides.items():
             env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
         Conf.CLUSTER_NAME = Conf.PREFIX = name
         if self.redis_url:
-            Conf.ORM, Conf.REDIS = None, self.redis_url
+            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, self.redis_url, None
         log = tempfile.NamedTemporaryFile(prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         self.cluster = Cluster(env, log.name).start()
@@ -211,6 +215,8 @@ def bench_direct(sim, samples, size):
 
 
 def bench_overhead(harness, user, samples):
+    """Our added latency: the row's created_at → finished_at (images and thumbnails stored) against the
+    same job sent straight to the simulator (``bench_direct``), medians and their ratio."""
     from generation.models import GenerationRequest
     from generation.services import submit_generation
 
@@ -221,24 +227,35 @@ def bench_overhead(harness, user, samples):
     # warm up: the first job per worker fetches object_info and opens connections
     warm = [submit_generation(user=user, data=params(size=size))[0].pk for _ in range(2)]
     wait_all(warm, timeout=60)
-    ours, success_to_completed = [], []
+    ours, client_side, success_to_completed = [], [], []
+    phases = {"created → claimed": [], "claimed → execution_start": [], "execution_start → success": []}
     for _ in range(samples):
         start = time.monotonic()
         request, _ = submit_generation(user=user, data=params(size=size))
         wait_all([request.pk], timeout=60)
-        ours.append(time.monotonic() - start)
+        client_side.append(time.monotonic() - start)
         row = GenerationRequest.objects.get(pk=request.pk)
         assert row.status == "completed", row.error
-        _, success = history_times(sim, row.comfyui_prompt_id)
+        ours.append((row.finished_at - row.created_at).total_seconds())
+        started, success = history_times(sim, row.comfyui_prompt_id)
         success_to_completed.append(row.finished_at.timestamp() - success)
+        phases["created → claimed"].append((row.started_at - row.created_at).total_seconds())
+        phases["claimed → execution_start"].append(started - row.started_at.timestamp())
+        phases["execution_start → success"].append(success - started)
     harness.cluster_down()
     return {
         "direct_median_ms": median_ms(direct),
-        "ours_median_ms": median_ms(ours),
+        "ours_median_ms (created_at → finished_at)": median_ms(ours),
         "overhead_median_ms": round(median_ms(ours) - median_ms(direct), 1),
+        "ratio_to_direct": round(statistics.median(ours) / statistics.median(direct), 2),
+        "ours_p95_ms": p95_ms(ours),
+        "submit_call_to_seen_completed_median_ms": median_ms(client_side),
         "success_to_completed_median_ms": median_ms(success_to_completed),
         "success_to_completed_p95_ms": p95_ms(success_to_completed),
+        "phases_median_ms": {name: median_ms(values) for name, values in phases.items()},
+        "broker": "redis" if harness.redis_url else f"orm (Q_POLL {os.environ.get('BENCH_Q_POLL', 'default')})",
         "samples": samples,
+        "load_average": round(os.getloadavg()[0], 2),
     }, png
 
 
@@ -334,12 +351,50 @@ def bench_affinity(harness, user, jobs):
     return results
 
 
+def table_updates():
+    """``{table: (n_tup_upd, n_tup_hot_upd)}`` of the request tables, as PostgreSQL counts them."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                       "WHERE relname IN ('generation_generationrequest', 'generation_runstate')")
+        return {name: (updates, hot) for name, updates, hot in cursor.fetchall()}
+
+
+def bench_hot(harness, user, jobs):
+    """HOT share of the updates during ``jobs`` jobs (40 steps × 20 ms, so a job writes progress and
+    heartbeats many times) over 2 backends: per table, updates and HOT updates, after minus before.
+    The cluster is stopped before the second reading, so its backends' statistics are flushed."""
+    from generation.services import submit_generation
+
+    harness.simulators_up(2, step_time=0.02, load_time=0.0)
+    harness.cluster_up()
+    before = table_updates()
+    start = time.monotonic()
+    ids = [submit_generation(user=user, data=params(steps=40))[0].pk for _ in range(jobs)]
+    wait_all(ids, timeout=900, interval=0.1)
+    wall = time.monotonic() - start
+    harness.cluster_down()
+    time.sleep(1.5)  # PostgreSQL publishes a backend's counts at most every second
+    after = table_updates()
+    tables = {}
+    for name in after:
+        updates = after[name][0] - before.get(name, (0, 0))[0]
+        hot = after[name][1] - before.get(name, (0, 0))[1]
+        tables[name] = {"updates": updates, "hot_updates": hot,
+                        "hot_share": round(hot / updates, 3) if updates else None,
+                        "updates_per_job": round(updates / jobs, 1)}
+    return {"jobs": jobs, "wall_s": round(wall, 1), "tables": tables}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="overhead,thumbnails,throughput,affinity")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--affinity-jobs", type=int, default=24)
+    parser.add_argument("--hot-jobs", type=int, default=200)
     parser.add_argument("--redis", default="", help="use the Redis broker at this URL (e.g. redis://127.0.0.1:6379/15)")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -367,6 +422,9 @@ def main():
         if "affinity" in only:
             report(f"affinity vs round-robin ({args.affinity_jobs} jobs, 2 checkpoints alternating, 2 backends, "
                    "2 s load)", bench_affinity(harness, user, args.affinity_jobs))
+        if "hot" in only:
+            report(f"HOT updates ({args.hot_jobs} jobs of 40 steps, 2 backends x capacity 2)",
+                   bench_hot(harness, user, args.hot_jobs))
     finally:
         harness.close()
         media.cleanup()

@@ -50,21 +50,21 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "status", "workflow_slug", "short_prompt", "checkpoint_model", "backend",
                     "progress_percent", "attempts", "created_at", "finished_at")
     list_filter = ("status", "workflow_slug", "backend", ("created_at", admin.DateFieldListFilter))
-    list_select_related = ("user",)
+    list_select_related = ("user", "run")
     search_fields = ("prompt", "user__username", "user__email", "comfyui_prompt_id")
     date_hierarchy = "created_at"
     show_full_result_count = False  # counting a big history on every page is slow
     fieldsets = (
         (None, {"fields": ("id", "user", "status", "progress_percent", "current_node", "current_step",
-                           "total_steps", "backend", "comfyui_prompt_id", "attempts")}),
+                           "total_steps", "backend", "comfyui_prompt_id", "attempts", "backend_stop")}),
         ("Asked for", {"fields": ("workflow_slug", "workflow_version", "pretty_params", "prompt", "checkpoint_model",
                                   "checkpoint", "width", "height", "batch_size", "webhook_url",
                                   "regenerated_from")}),
         ("Error", {"fields": ("error", "pretty_error_detail")}),
         ("Results", {"fields": ("pretty_outputs", "pretty_thumbnails", "webhook_delivered_at")}),
         ("Graph sent to ComfyUI", {"classes": ("collapse",), "fields": ("pretty_graph",)}),
-        ("Times", {"fields": ("created_at", "queued_at", "started_at", "finished_at", "updated_at", "heartbeat_at",
-                              "deadline_at")}),
+        ("Times", {"fields": ("created_at", "queued_at", "started_at", "finished_at", "updated_at", "heartbeat",
+                              "deadline_at", "not_before")}),
     )
 
     def get_readonly_fields(self, request, obj=None):
@@ -82,9 +82,13 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
     def short_prompt(self, obj):
         return truncatechars(obj.prompt, 60)
 
-    @admin.display(description="progress", ordering="progress")
+    @admin.display(description="progress", ordering="run__progress")
     def progress_percent(self, obj):
         return f"{obj.progress:.0%}"
+
+    @admin.display(description="heartbeat (lease of the running attempt)")
+    def heartbeat(self, obj):
+        return obj.live.heartbeat_at
 
     @admin.display(description="parameters")
     def pretty_params(self, obj):

@@ -128,7 +128,8 @@ def capabilities_of(object_info):
 def record_capabilities(url, object_info):
     """Store what ``url``'s ``object_info`` says it can run (the dispatcher and submit read it)."""
     nodes, lists = capabilities_of(object_info)
-    values = {"node_classes": nodes, "model_lists": lists, "capabilities_at": timezone.now()}
+    now = timezone.now()  # it answered /object_info: proof it is reachable, as a probe would be
+    values = {"node_classes": nodes, "model_lists": lists, "capabilities_at": now, "last_ok_at": now}
     if not BackendState.objects.filter(url=url).update(**values) and url in configured_urls():
         sync_backends()  # a configured backend nobody dispatched to yet has no row
         BackendState.objects.filter(url=url).update(**values)
@@ -204,7 +205,8 @@ def backend_overview(*, recent_failures=5):
     running = {row["backend"]: row for row in GenerationRequest.objects.filter(
         status=Status.RUNNING, backend__in=urls).values("backend").annotate(
         n=Count("id"), storing=Count("id", filter=Q(executed_at__isnull=False)),
-        executing=Count("id", filter=Q(executed_at__isnull=True) & (~Q(current_node="") | Q(progress__gt=0))))}
+        executing=Count("id", filter=Q(executed_at__isnull=True) & (Q(run__current_node__gt="")
+                                                                    | Q(run__progress__gt=0))))}
     recent = {row["backend"]: row for row in GenerationRequest.objects.filter(
         backend__in=urls, finished_at__gte=since).values("backend").annotate(
         completed=Count("id", filter=Q(status=Status.COMPLETED)), failed=Count("id", filter=Q(status=Status.FAILED)))}

@@ -16,6 +16,7 @@ RESUME = "generation.tasks.resume"
 WATCH_BACKEND = "generation.tasks.watch_backend"
 RECONCILE = "generation.tasks.reconcile"
 DELIVER_WEBHOOK = "generation.tasks.deliver_webhook"
+STOP_CANCELLED = "generation.tasks.stop_cancelled"
 
 
 def broker_backlog():
@@ -46,6 +47,11 @@ def send_wakeups(count=1):
     """Enqueue ``count`` dispatch wake-ups unconditionally (a job freeing its slot sends one)."""
     for _ in range(max(0, count)):
         async_task(DISPATCH, save=False)
+
+
+def stop_cancelled(request_id):
+    """Stop a cancelled request's prompt on its backend, off the web request (two ComfyUI calls)."""
+    async_task(STOP_CANCELLED, str(request_id), save=False)
 
 
 def resume_job(request_id, attempt, lease):

@@ -17,8 +17,19 @@ class GenerationRequest(models.Model):
     checkpoint, size, batch) are that workflow's :class:`~generation.workflows.Summary`, kept for
     history lists, filters and dispatch. Status changes go through :mod:`generation.states` only
     (conditional updates); other fields may be written by whoever holds the request in its
-    current state.
+    current state. Liveness and progress, written several times a second while a job runs, live
+    in the narrow :class:`RunState` row (``request.run``), never here: this table has many
+    indexes and a wide row, so those writes would be neither cheap nor HOT.
     """
+
+    class BackendStop(models.TextChoices):
+        """Where stopping a cancelled request's prompt on its backend stands (cancel decides at once;
+        the two ComfyUI calls run in a task)."""
+
+        NONE = "", "Nothing to stop"
+        PENDING = "pending", "Stopping on the backend"
+        DONE = "done", "Stopped on the backend"
+        UNREACHABLE = "unreachable", "Backend did not answer"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_requests")
@@ -45,14 +56,14 @@ class GenerationRequest(models.Model):
 
     # where it is
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    progress = models.FloatField(default=0.0)
-    current_node = models.CharField(max_length=64, blank=True, default="")
-    current_step = models.PositiveIntegerField(default=0)
-    total_steps = models.PositiveIntegerField(default=0)
     backend = models.CharField(max_length=255, blank=True, default="", help_text="Base URL of the ComfyUI backend")
     comfyui_prompt_id = models.CharField(max_length=64, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)
     affinity_skips = models.PositiveSmallIntegerField(default=0)
+    not_before = models.DateTimeField(null=True, blank=True,
+                                      help_text="A requeued request waits until then (retry backoff)")
+    backend_stop = models.CharField(max_length=16, choices=BackendStop.choices, blank=True, default="",
+                                    help_text="After a cancel: stopping its prompt on the backend")
 
     # what came out
     graph = models.JSONField(null=True, blank=True, help_text="The exact API-format graph sent to ComfyUI")
@@ -67,8 +78,7 @@ class GenerationRequest(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last change of the row (not of progress)")
     deadline_at = models.DateTimeField(null=True, blank=True)
     executed_at = models.DateTimeField(null=True, blank=True,
                                        help_text="ComfyUI finished this attempt; outputs are being stored")
@@ -80,7 +90,6 @@ class GenerationRequest(models.Model):
             models.CheckConstraint(condition=Q(width__gte=16, width__lte=16384, height__gte=16, height__lte=16384),
                                    name="genreq_size_in_range"),
             models.CheckConstraint(condition=Q(batch_size__gte=1, batch_size__lte=64), name="genreq_batch_in_range"),
-            models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="genreq_progress_0_1"),
             models.CheckConstraint(condition=Q(finished_at__isnull=True) | Q(status__in=sorted(TERMINAL)),
                                    name="genreq_finished_only_when_terminal"),
         ]
@@ -94,8 +103,11 @@ class GenerationRequest(models.Model):
                          condition=Q(status__in=sorted(ACTIVE))),
             models.Index(fields=["backend", "status"], name="genreq_backend_running_idx",
                          condition=Q(status="running")),
-            # dispatcher: which requirement sets the queued requests need
+            # dispatcher: which requirement sets the queued requests need; which users wait, and their
+            # first requests (loose index scans: one probe per set or user, whatever the queue's length)
             models.Index(fields=["requirements", "created_at"], name="genreq_queued_req_idx",
+                         condition=Q(status="queued", requirements__isnull=False)),
+            models.Index(fields=["user", "created_at", "id"], name="genreq_queued_user_idx",
                          condition=Q(status="queued")),
         ]
 
@@ -111,11 +123,69 @@ class GenerationRequest(models.Model):
         return self.status in ACTIVE
 
     @property
+    def live(self):
+        """The :class:`RunState` of this request (progress, lease), or a blank one before its first
+        dispatch. Load it with ``select_related("run")`` when reading many requests."""
+        if not self.attempts:  # never dispatched: no row to look for
+            return RunState(request_id=self.pk)
+        try:
+            return self.run
+        except RunState.DoesNotExist:
+            return RunState(request_id=self.pk)
+
+    @property
+    def progress(self):
+        return self.live.progress
+
+    @property
+    def current_node(self):
+        return self.live.current_node
+
+    @property
+    def current_step(self):
+        return self.live.current_step
+
+    @property
+    def total_steps(self):
+        return self.live.total_steps
+
+    @property
     def workflow(self):
         """The :class:`~generation.workflows.Workflow` this request runs."""
         from generation.workflows import get_workflow
 
         return get_workflow(self.workflow_slug, self.workflow_version)
+
+
+class RunState(models.Model):
+    """Where a request's run stands: the lease of the attempt being run and its progress.
+
+    One narrow row per request that was ever dispatched, written by its worker several times a
+    second (heartbeat and progress together): it has no index but its primary key, so those writes
+    are HOT updates that never touch :class:`GenerationRequest` or its indexes. The claim creates
+    or resets it in the same transaction that marks the request running.
+
+    ``heartbeat_at`` is the *lease*: the value the worker holding attempt ``attempt`` wrote last.
+    Every write of that worker is conditional on it (and on the request still running that
+    attempt); the reconciler takes a stale job over by replacing it.
+    """
+
+    request = models.OneToOneField(GenerationRequest, primary_key=True, on_delete=models.CASCADE,
+                                   related_name="run")
+    attempt = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(default=0.0)
+    current_node = models.CharField(max_length=64, blank=True, default="")
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__gte=0.0, progress__lte=1.0), name="runstate_progress_0_1"),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} attempt {self.attempt}: {self.progress:.0%}"
 
 
 class BackendState(models.Model):

@@ -19,7 +19,7 @@ from generation import backends, enqueue, lifecycle
 from generation.idempotency import purge_expired_keys
 from generation.login_guard import purge_idle_counters
 from generation.models import GenerationRequest
-from generation.runner import stop_on_backend
+from generation.runner import stop_on_backend, take_over
 from generation.states import TERMINAL, Status
 from generation.storage import delete_request_files, delete_unreferenced_files
 from generation.throttling import purge_stale_counters
@@ -73,12 +73,11 @@ def take_over_stale(now=None):
     stale_before = now - timedelta(seconds=settings.GENERATION["STALE_HEARTBEAT_SECONDS"])
     count = 0
     stale = GenerationRequest.objects.filter(status=Status.RUNNING).filter(
-        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True)).values_list("id", "attempts", "heartbeat_at")
+        Q(run__heartbeat_at__lt=stale_before) | Q(run__heartbeat_at__isnull=True)).values_list(
+        "id", "attempts", "run__heartbeat_at")
     for request_id, attempts, heartbeat in stale:
-        lease = timezone.now()
-        won = GenerationRequest.objects.filter(pk=request_id, status=Status.RUNNING, attempts=attempts,
-                                               heartbeat_at=heartbeat).update(heartbeat_at=lease, updated_at=lease)
-        if won:
+        lease = take_over(request_id, attempts, heartbeat)
+        if lease is not None:
             logger.warning("request %s attempt %s: heartbeat stale since %s, resuming", request_id, attempts,
                            heartbeat)
             enqueue.resume_job(request_id, attempts, lease)
@@ -108,10 +107,12 @@ def probe_backends():
 
 def wake_for_waiting(now=None):
     """Queued work that has waited a while with a slot free and too few wake-ups in the broker:
-    send the missing wake-ups (a lost wake-up must not strand a request)."""
+    send the missing wake-ups (a lost wake-up must not strand a request). A request still in its
+    retry backoff (``not_before``) is not waiting yet."""
     now = now or timezone.now()
     waiting = GenerationRequest.objects.filter(status=Status.QUEUED,
-                                               queued_at__lt=now - timedelta(seconds=LOST_WAKEUP_SECONDS))
+                                               queued_at__lt=now - timedelta(seconds=LOST_WAKEUP_SECONDS)).filter(
+        Q(not_before__isnull=True) | Q(not_before__lte=now))
     if not waiting.exists():
         return 0
     free = backends.free_slots()

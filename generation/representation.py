@@ -8,26 +8,28 @@ from django.urls import reverse
 from rest_framework.fields import DateTimeField
 
 from generation.selectors import queue_position as compute_queue_position
+from generation.selectors import waiting_reason as compute_waiting_reason
 from generation.states import Status
 
 UNSET = object()
 
 # keys of the document itself; a workflow parameter of the same name appears only under "params"
 RESERVED = frozenset({
-    "id", "user", "status", "progress", "queue_position", "workflow", "params", "inputs", "prompt",
-    "checkpoint_model", "width", "height", "batch_size", "webhook_url", "backend", "attempts", "error",
+    "id", "user", "status", "progress", "queue_position", "waiting_reason", "workflow", "params", "inputs", "prompt",
+    "checkpoint_model", "width", "height", "batch_size", "webhook_url", "backend", "backend_stop", "attempts", "error",
     "error_detail", "images", "regenerated_from", "created_at", "queued_at", "started_at", "finished_at",
     "updated_at"})
 
 _DATETIME = DateTimeField()
 
 
-def request_representation(generation, *, absolute=None, queue_position=UNSET, workflows=None):
+def request_representation(generation, *, absolute=None, queue_position=UNSET, waiting_reason=UNSET,
+                           workflows=None):
     """The document for ``generation``.
 
     ``absolute`` turns a path into a full URL (``request.build_absolute_uri``); without it, URLs are
-    relative. ``queue_position`` and ``workflows`` (``{(slug, version): Workflow}``) may be given when
-    a list computed them for a whole page.
+    relative. ``queue_position``, ``waiting_reason`` and ``workflows`` (``{(slug, version): Workflow}``)
+    may be given when a list computed them for a whole page.
     The workflow's parameters are under ``params``, and also at the top level (where they do not
     clash with the document's own keys), so v1 clients that read ``sampler_params`` keep working.
     """
@@ -44,6 +46,7 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
         "progress": {"fraction": obj.progress, "current_node": obj.current_node, "step": obj.current_step,
                      "total_steps": obj.total_steps},
         "queue_position": compute_queue_position(obj) if queue_position is UNSET else queue_position,
+        "waiting_reason": _waiting_reason(compute_waiting_reason(obj) if waiting_reason is UNSET else waiting_reason),
         "workflow": {"slug": obj.workflow_slug, "version": obj.workflow_version,
                      "name": workflow.name if workflow is not None else obj.workflow_slug},
         "params": params,
@@ -55,6 +58,7 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
         "batch_size": obj.batch_size,
         "webhook_url": obj.webhook_url,
         "backend": obj.backend,
+        "backend_stop": obj.backend_stop,
         "attempts": obj.attempts,
         "error": obj.error,
         "error_detail": obj.error_detail,
@@ -67,6 +71,12 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
         "updated_at": _datetime(obj.updated_at),
     })
     return document
+
+
+def _waiting_reason(reason):
+    if reason is None:
+        return None
+    return {**reason, "retry_at": _datetime(reason["retry_at"])} if "retry_at" in reason else dict(reason)
 
 
 def _workflow(obj, workflows):

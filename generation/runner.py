@@ -1,11 +1,18 @@
 """Running one claimed job to its end: submit or re-attach, follow, store, complete.
 
 A job is one attempt of one request on one backend (``attempts`` = n, prompt id derived from
-the request and n). The worker holding it owns a *lease*: the ``heartbeat_at`` value it last
-wrote. Every write (progress, heartbeat, the final transition) is conditional on
-``status = running AND attempts = n AND heartbeat_at = lease``; zero rows updated means the
-job is no longer ours — cancelled (we make sure ComfyUI stops) or taken over by the
+the request and n). The worker holding it owns a *lease*: the ``RunState.heartbeat_at`` value it
+last wrote. Every write (progress, heartbeat, the graph, the final transition) is conditional on
+the request still ``running`` attempt n and the lease still being ours; zero rows updated means
+the job is no longer ours — cancelled (we make sure ComfyUI stops) or taken over by the
 reconciler after a stale heartbeat (we stop quietly: the new owner follows the same prompt).
+Heartbeats and progress go to the narrow ``RunState`` row only (:meth:`JobRunner.write`, the one
+write path of liveness and progress); the request row is written once per step of the job.
+
+A prompt that ComfyUI still runs but that shows no progress and no node change for
+``GENERATION["STALL_SECONDS"]`` is interrupted and retried (or failed as stalled once attempts
+are used up). Storing outputs is retried with backoff while they are still on the backend;
+requeues for faults that may recur get a capped backoff (``not_before``).
 
 ComfyUI does not de-duplicate prompt ids, so before any re-submission we ask ``/history`` and
 ``/queue`` (``client.locate``) and re-attach if the prompt is already there. A fresh claim's
@@ -16,10 +23,11 @@ submission needs no look-up; every later path (``resume``) looks first.
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from generation import backends, enqueue, lifecycle
@@ -36,9 +44,9 @@ from generation.comfyui.errors import (
 )
 from generation.dispatcher import filename_prefix_for
 from generation.inputs import read_input
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.pngmeta import NotAPng
-from generation.states import TERMINAL, Status
+from generation.states import TERMINAL, Lease, Status
 from generation.storage import (
     OUTPUT_KINDS,
     StorageWriteFailed,
@@ -67,6 +75,10 @@ class DeadlineExceeded(Exception):
     pass
 
 
+class Stalled(Exception):
+    """ComfyUI still runs the prompt, but it made no progress and changed no node for ``STALL_SECONDS``."""
+
+
 class BackendLacks(Exception):
     """The chosen backend turned out not to have a node class or model file the request needs."""
 
@@ -84,32 +96,80 @@ class Job:
     lease: datetime  # the heartbeat_at value this worker last wrote
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a job ended, for the task that ran it: whether it already woke the dispatcher for the
+    slot it freed, and when a request it requeued with a backoff may start (``None``: no backoff)."""
+
+    woke: bool
+    retry_at: datetime | None = None
+
+
 def run_job(job, *, resume=False):
     """Drive ``job`` until its request is terminal, requeued, or no longer ours.
 
     Every outcome is written with a conditional update; nothing here raises for a ComfyUI or
-    storage problem (they become the request's failure or a requeue). Returns whether the
-    job already woke the dispatcher for the slot it freed.
+    storage problem (they become the request's failure or a requeue). Returns an :class:`Ending`.
     """
     job_runner = JobRunner(job)
     job_runner.run(resume=resume)
-    return job_runner.woke
+    return Ending(job_runner.woke, job_runner.retry_at)
+
+
+def requeue_backoff(attempt):
+    """Seconds a request requeued after ``attempt`` waits before it may start again (capped doubling)."""
+    base = settings.GENERATION["REQUEUE_BACKOFF_SECONDS"]
+    return min(settings.GENERATION["REQUEUE_BACKOFF_MAX_SECONDS"], base * 2 ** max(0, attempt - 1))
+
+
+def take_over(request_id, attempt, heartbeat_at):
+    """Take the lease of a running job whose worker went silent (its last heartbeat was ``heartbeat_at``,
+    ``None`` if it never wrote one); return the new lease, or ``None`` if someone else moved first."""
+    lease = timezone.now()
+    running = GenerationRequest.objects.filter(pk=request_id, status=Status.RUNNING, attempts=attempt)
+    taken = RunState.objects.filter(request_id=request_id, attempt=attempt, heartbeat_at=heartbeat_at).filter(
+        Exists(running.filter(pk=OuterRef("request_id")))).update(heartbeat_at=lease)
+    if not taken and heartbeat_at is None and running.exists():
+        # a row from before RunState held the lease: start one (a racing taker makes this a no-op)
+        _, taken = RunState.objects.get_or_create(request_id=request_id,
+                                                  defaults={"attempt": attempt, "heartbeat_at": lease})
+    return lease if taken else None
 
 
 def stop_on_backend(request):
     """Make sure ComfyUI drops ``request``'s prompt: remove it from the queue if still pending,
     then interrupt it if it runs (ComfyUI ignores an interrupt for a prompt that is not running).
-    Backend errors are logged, not raised: a cancel must not depend on the backend answering."""
+    Backend errors are logged, not raised: a cancel must not depend on the backend answering.
+    Returns whether the backend answered both calls (``True`` when there was nothing to stop)."""
     if not request.backend or not request.comfyui_prompt_id:
-        return
+        return True
     client = backends.client_for(request.backend)
     client.retries = 0
+    answered = True
     for action in (lambda: client.delete_from_queue([request.comfyui_prompt_id]),
                    lambda: client.interrupt(request.comfyui_prompt_id)):
         try:
             action()
         except ComfyUIError as exc:
+            answered = False
             logger.warning("could not stop %s on %s: %s", request.comfyui_prompt_id, request.backend, exc)
+    return answered
+
+
+def stop_cancelled_prompt(request_id):
+    """Stop the prompt of a cancelled request on its backend and record how that went
+    (``backend_stop``: pending → done | unreachable). Idempotent: a request whose stop is not
+    pending is left alone. Returns the new ``backend_stop``, or ``None`` when nothing was pending."""
+    pending = GenerationRequest.BackendStop.PENDING
+    row = GenerationRequest.objects.filter(pk=request_id, status=Status.CANCELLED, backend_stop=pending).only(
+        "backend", "comfyui_prompt_id").first()
+    if row is None:
+        return None
+    outcome = (GenerationRequest.BackendStop.DONE if stop_on_backend(row)
+               else GenerationRequest.BackendStop.UNREACHABLE)
+    GenerationRequest.objects.filter(pk=request_id, backend_stop=pending).update(backend_stop=outcome,
+                                                                                  updated_at=timezone.now())
+    return outcome
 
 
 class JobRunner:
@@ -122,7 +182,10 @@ class JobRunner:
         self.last_write = 0.0
         self.pending_fields = {}
         self.step = self.total_steps = 0
+        self.current_node = ""
+        self.graph = None  # the graph built for this attempt (stored on the row once submitted)
         self.woke = False  # whether this job already sent the wake-up for the slot it frees
+        self.retry_at = None  # when a request this job requeued with a backoff may start again
 
     # --- the paragraph ---------------------------------------------------------------------
 
@@ -130,7 +193,8 @@ class JobRunner:
         job = self.job
         try:
             self.request = GenerationRequest.objects.get(pk=job.request_id)
-            graph = self.request.graph if resume and self.request.graph else self.build_graph()
+            stored = resume and self.request.graph
+            graph = self.request.graph if stored else self.build_graph()
             with self.client.event_stream(job.prompt_id) as events:
                 if resume:
                     # someone may have submitted it already: re-attach, never send it twice
@@ -141,7 +205,12 @@ class JobRunner:
                     # a fresh claim minted this prompt id a moment ago, so no one can have sent it;
                     # submit() itself asks /queue + /history before retrying after a transport error
                     location = Location("unsent")
+                    self.write(force=True)  # still ours (not cancelled, not taken over): only then submit
                     self.client.submit(graph, prompt_id=job.prompt_id, client_id=job.prompt_id)
+                if not stored:
+                    # the exact graph that runs, written while ComfyUI starts on it (a narrow heartbeat,
+                    # not this write to the wide row, is what stands between the claim and the submit)
+                    self.record(graph=graph)
                 if location.state == "finished":
                     outcome = ev.outcome_from_history(job.prompt_id, location.history)
                 else:
@@ -153,8 +222,12 @@ class JobRunner:
             limit = settings.GENERATION["JOB_DEADLINE_SECONDS"]
             stop_on_backend(self.request)
             self.fail(f"Timed out after {limit} s", {"reason": "deadline", "deadline_seconds": limit})
+        except Stalled as exc:
+            stop_on_backend(self.request)
+            self.requeue_or_fail(f"Stalled: {exc}", cause="stalled", backoff=True)
         except WorkflowRejected as exc:
-            self.fail(exc.message, {"type": "validation", "error": exc.error, "node_errors": exc.node_errors})
+            self.fail(exc.message, {"type": "validation", "error": exc.error, "node_errors": exc.node_errors},
+                      graph=self.graph)
         except ExecutionFailed as exc:
             self.fail(exc.message, {"type": "execution", "node_id": exc.node_id, "node_type": exc.node_type,
                                     "exception_type": exc.exception_type,
@@ -162,13 +235,16 @@ class JobRunner:
         except ExecutionInterrupted as exc:
             self.interrupted(exc)
         except PromptUnknown as exc:
-            self.requeue_or_fail(f"The backend lost the prompt (restarted?): {exc}")
+            self.requeue_or_fail(f"The backend lost the prompt (restarted?): {exc}", cause="lost", backoff=True)
         except BackendLacks as exc:
-            self.requeue_or_fail(f"{job.backend} lacks {exc}; trying another backend")
-        except (BackendUnavailable, OutputMissing) as exc:
-            if isinstance(exc, BackendUnavailable) and backends.mark_down(job.backend, exc):
+            self.requeue_or_fail(f"{job.backend} lacks {exc}; trying another backend", cause="lacks")
+        except OutputMissing as exc:
+            self.requeue_or_fail(f"Backend unavailable: {exc}", cause="output_missing", backoff=True)
+        except BackendUnavailable as exc:
+            # out of rotation with its own backoff; another backend may take the request at once
+            if backends.mark_down(job.backend, exc):
                 enqueue.watch_backend(job.backend)
-            self.requeue_or_fail(f"Backend unavailable: {exc}")
+            self.requeue_or_fail(f"Backend unavailable: {exc}", cause="unavailable")
         except StorageWriteFailed as exc:
             self.fail(f"Storing the images failed: {exc}", {"type": "storage"})
         except GenerationRequest.DoesNotExist:
@@ -179,7 +255,7 @@ class JobRunner:
         except Exception as exc:  # a bug must cost attempts (capped), not loop through resume forever
             logger.exception("request %s attempt %s: unexpected error", job.request_id, job.attempt)
             stop_on_backend(_Ref(job.backend, job.prompt_id))
-            self.requeue_or_fail(f"Internal error: {type(exc).__name__}: {exc}")
+            self.requeue_or_fail(f"Internal error: {type(exc).__name__}: {exc}", cause="internal", backoff=True)
         finally:
             self.client.session.close()
 
@@ -187,14 +263,13 @@ class JobRunner:
 
     def build_graph(self):
         """The request's graph for this backend: check the backend can run it, upload the input
-        images, build, store the graph on the row (exactly what ran), validate like ComfyUI."""
+        images, build (kept in ``self.graph``), validate like ComfyUI."""
         request = self.request
         workflow = request.workflow
         info = self.check_capabilities()
         files = self.upload_inputs()
-        graph = workflow.build(request.params, files=files,
-                               filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
-        self.write(force=True, graph=graph)
+        graph = self.graph = workflow.build(request.params, files=files,
+                                            filename_prefix=filename_prefix_for(request.pk, self.job.attempt))
         check_graph(graph, info, backend=self.job.backend)
         return graph
 
@@ -244,16 +319,28 @@ class JobRunner:
         return names
 
     def follow(self, events, graph):
-        """Write progress and heartbeats until the prompt ends; return the terminal event."""
+        """Write progress and heartbeats until the prompt ends; return the terminal event.
+
+        Raises :class:`Stalled` when, with the socket up, nothing moved for ``STALL_SECONDS`` and
+        ComfyUI says the prompt is running (waiting in its own queue is not a stall; without a
+        socket we cannot see progress, so that time does not count)."""
         weights = self.request.workflow.progress_weights(graph)
         done = {}  # node id -> fraction of it done (1.0 finished)
         running_node = None
         interval = settings.GENERATION["HEARTBEAT_SECONDS"]
+        stall_seconds = settings.GENERATION["STALL_SECONDS"]
+        last_activity = time.monotonic()
         for event in events.follow(self.job.prompt_id, idle_interval=interval):
             if timezone.now() >= self.request.deadline_at:
                 raise DeadlineExceeded
             if isinstance(event, ev.TERMINAL):
                 return event
+            if isinstance(event, _ACTIVITY) or (isinstance(event, ev.Idle) and not event.connected):
+                last_activity = time.monotonic()
+            elif stall_seconds and time.monotonic() - last_activity >= stall_seconds:
+                if self.client.locate(self.job.prompt_id).state == "running":
+                    raise Stalled(f"no progress for {stall_seconds:g} s at {self.current_node or 'the start'}")
+                last_activity = time.monotonic()
             fields = {}
             if isinstance(event, ev.ExecutionCached):
                 done.update({node: 1.0 for node in event.nodes})
@@ -262,7 +349,7 @@ class JobRunner:
                     done[running_node] = 1.0
                 running_node = event.node
                 node = graph.get(event.node, {})
-                fields["current_node"] = f"{node.get('class_type', '?')} ({event.node})"[:64]
+                fields["current_node"] = self.current_node = f"{node.get('class_type', '?')} ({event.node})"[:64]
             elif isinstance(event, ev.Progress):
                 self.step, self.total_steps = int(event.value), int(event.max)
                 fields.update(current_step=self.step, total_steps=self.total_steps)
@@ -284,20 +371,20 @@ class JobRunner:
         return round(min(0.99, total), 4)
 
     def write(self, force=False, **fields):
-        """Heartbeat plus ``fields``, at most every ``HEARTBEAT_SECONDS`` unless ``force``.
+        """Heartbeat plus progress ``fields`` (``progress``, ``current_node``, ``current_step``,
+        ``total_steps``), at most every ``HEARTBEAT_SECONDS`` unless ``force``: the one write path of
+        a running job's liveness and progress. It goes to the narrow ``RunState`` row only, and only
+        while the request still runs this attempt under our lease.
 
         Raises :class:`NotOurs` when the conditional update matches nothing.
         """
-        for key, value in fields.items():
-            self.pending_fields[key] = value
+        self.pending_fields.update(fields)
         now_monotonic = time.monotonic()
         if not force and now_monotonic - self.last_write < settings.GENERATION["HEARTBEAT_SECONDS"]:
             return
         values = self.pending_fields
         now = timezone.now()
-        updated = GenerationRequest.objects.filter(
-            pk=self.job.request_id, status=Status.RUNNING, attempts=self.job.attempt, heartbeat_at=self.job.lease,
-        ).update(heartbeat_at=now, updated_at=now, **values)
+        updated = self.our_run_state().update(heartbeat_at=now, **values)
         if updated != 1:
             raise NotOurs
         self.job.lease = now
@@ -305,14 +392,44 @@ class JobRunner:
         self.progress = max(self.progress, values.get("progress", 0.0))
         self.pending_fields = {}
 
+    def record(self, **fields):
+        """Write ``fields`` of the request row itself (the graph sent, ``executed_at``): once per
+        step of the job, never per heartbeat. Raises :class:`NotOurs` like :meth:`write`.
+        ``updated_at`` (indexed) stays as it is: these are the runner's bookkeeping, and an update
+        that changes no indexed column can be HOT."""
+        updated = GenerationRequest.objects.filter(pk=self.job.request_id, status=Status.RUNNING,
+                                                   attempts=self.job.attempt).filter(
+            Exists(RunState.objects.filter(request_id=OuterRef("pk"), attempt=self.job.attempt,
+                                           heartbeat_at=self.job.lease))).update(**fields)
+        if updated != 1:
+            raise NotOurs
+
+    def our_run_state(self):
+        """Our ``RunState`` row, as long as the request still runs this attempt under our lease."""
+        running = GenerationRequest.objects.filter(pk=OuterRef("request_id"), status=Status.RUNNING,
+                                                   attempts=self.job.attempt)
+        return RunState.objects.filter(request_id=self.job.request_id, attempt=self.job.attempt,
+                                       heartbeat_at=self.job.lease).filter(Exists(running))
+
+    @property
+    def lease(self):
+        return Lease(self.job.attempt, self.job.lease)
+
+    def wait(self, seconds):
+        """Sleep ``seconds`` while keeping the lease fresh (and noticing a cancel: :class:`NotOurs`)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            self.write(force=True)
+
     def finish(self, outcome, graph):
         if isinstance(outcome, ev.ExecutionError):
             raise outcome.to_error(self.job.backend)
         if isinstance(outcome, ev.ExecutionInterruptedEvent):
             raise outcome.to_error(self.job.backend)
         # ComfyUI is done with it: free the slot now, so the next job is submitted while we store
-        self.write(force=True, current_node="Saving images", progress=max(self.progress, 0.99),
-                   executed_at=timezone.now())
+        self.record(executed_at=timezone.now())
+        self.write(force=True, current_node="Saving images", progress=max(self.progress, 0.99))
         self.wake_next()
         entry = self.finished_entry()
         output_nodes = self.request.workflow.output_nodes(graph)
@@ -325,7 +442,7 @@ class JobRunner:
                                   exception_type="NoOutput",
                                   exception_message="ComfyUI finished but reported no saved image",
                                   backend=self.job.backend)
-        outputs, thumbnails = self.store_outputs(images, graph)
+        outputs, thumbnails = self.store_with_retries(images, graph)
         self.complete(outputs, thumbnails)
 
     def finished_entry(self):
@@ -348,6 +465,24 @@ class JobRunner:
         if not self.woke:
             self.woke = True
             enqueue.send_wakeups(1)
+
+    def store_with_retries(self, images, graph):
+        """:meth:`store_outputs`, tried again with backoff after a storage error (an S3 5xx, a full
+        disk that frees up): the outputs are still on the backend, so each try fetches them anew.
+        Raises the last ``StorageWriteFailed`` after ``STORAGE_RETRIES`` retries."""
+        retries = settings.GENERATION["STORAGE_RETRIES"]
+        for retry in range(retries + 1):
+            try:
+                return self.store_outputs(images, graph)
+            except StorageWriteFailed as exc:
+                if retry == retries:
+                    raise StorageWriteFailed(f"{exc} (tried {retries + 1} times)") from exc
+                delay = settings.GENERATION["STORAGE_RETRY_SECONDS"] * 2 ** retry
+                logger.warning("request %s: storing failed (%s); retry %s of %s in %.1f s", self.job.request_id,
+                               exc, retry + 1, retries, delay)
+                self.write(force=True, current_node=f"Saving images (retry {retry + 1} of {retries})")
+                self.wait(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def store_outputs(self, images, graph):
         """Stream each image from ``/view`` into storage with a ``parameters`` chunk; make thumbnails."""
@@ -382,12 +517,11 @@ class JobRunner:
 
     def complete(self, outputs, thumbnails):
         with transaction.atomic():
-            won = lifecycle.transition(
-                self.job.request_id, Status.COMPLETED, expect={Status.RUNNING},
-                where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
-                outputs=outputs, thumbnails=thumbnails, progress=1.0, current_node="", error="",
-            )
+            won = lifecycle.transition(self.job.request_id, Status.COMPLETED, expect={Status.RUNNING},
+                                       lease=self.lease, outputs=outputs, thumbnails=thumbnails, error="")
             if won:
+                RunState.objects.filter(request_id=self.job.request_id).update(progress=1.0, current_node="",
+                                                                               heartbeat_at=None)
                 backends.record_outcome(self.job.backend, completed=True)
         if won:
             self.written = []
@@ -396,13 +530,14 @@ class JobRunner:
 
     # --- endings -------------------------------------------------------------------------------
 
-    def fail(self, message, detail):
+    def fail(self, message, detail, **fields):
         with transaction.atomic():
             won = lifecycle.transition(self.job.request_id, Status.FAILED, expect={Status.RUNNING},
-                                    where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
-                                    error=message[:4000], error_detail={**detail, "backend": self.job.backend,
-                                                                        "attempt": self.job.attempt})
+                                       lease=self.lease, error=message[:4000],
+                                       error_detail={**detail, "backend": self.job.backend,
+                                                     "attempt": self.job.attempt}, **fields)
             if won:
+                RunState.objects.filter(request_id=self.job.request_id).update(heartbeat_at=None)
                 backends.record_outcome(self.job.backend, completed=False)
         if won:
             logger.info("request %s failed: %s", self.job.request_id, message)
@@ -410,19 +545,31 @@ class JobRunner:
         if not won:
             self.not_ours()
 
-    def requeue_or_fail(self, reason):
-        """Back to the fair queue for another attempt, or failed when attempts are used up."""
+    def requeue_or_fail(self, reason, *, cause, backoff=False):
+        """Back to the fair queue for another attempt, or failed when attempts are used up.
+
+        ``cause`` names the kind of fault (``error_detail.cause``); with ``backoff`` (a fault that may
+        recur: lost prompt, missing output, internal error, stall) the request may not start again
+        before :func:`requeue_backoff` has passed (``self.retry_at``: the task sends a wake-up then).
+        """
         if self.job.attempt >= settings.GENERATION["MAX_ATTEMPTS"]:
-            self.fail(f"{reason} (gave up after {self.job.attempt} attempts)", {"type": "retries_exhausted"})
+            self.fail(f"{reason} (gave up after {self.job.attempt} attempts)",
+                      {"type": "retries_exhausted", "cause": cause})
             return
         self.cleanup_files()
-        won = lifecycle.transition(self.job.request_id, Status.QUEUED, expect={Status.RUNNING},
-                                where={"attempts": self.job.attempt, "heartbeat_at": self.job.lease},
-                                backend="", heartbeat_at=None, deadline_at=None, progress=0.0, current_node="",
-                                current_step=0, total_steps=0, executed_at=None,
-                                error_detail={"retry_reason": reason[:2000], "attempt": self.job.attempt})
+        not_before = timezone.now() + timedelta(seconds=requeue_backoff(self.job.attempt)) if backoff else None
+        with transaction.atomic():
+            won = lifecycle.transition(self.job.request_id, Status.QUEUED, expect={Status.RUNNING},
+                                       lease=self.lease, backend="", deadline_at=None, executed_at=None,
+                                       not_before=not_before,
+                                       error_detail={"retry_reason": reason[:2000], "cause": cause,
+                                                     "attempt": self.job.attempt})
+            if won:
+                RunState.objects.filter(request_id=self.job.request_id).update(
+                    heartbeat_at=None, progress=0.0, current_node="", current_step=0, total_steps=0)
         if won:
             logger.warning("request %s requeued after attempt %s: %s", self.job.request_id, self.job.attempt, reason)
+            self.retry_at = not_before
         else:
             self.not_ours()
 
@@ -439,15 +586,17 @@ class JobRunner:
                                                                          "node_type": exc.node_type})
 
     def still_ours(self):
-        return GenerationRequest.objects.filter(pk=self.job.request_id, status=Status.RUNNING,
-                                                attempts=self.job.attempt, heartbeat_at=self.job.lease).exists()
+        return self.our_run_state().exists()
 
     def not_ours(self):
         """The row moved on: if it was cancelled, make sure ComfyUI stops; tidy our files."""
         row = GenerationRequest.objects.filter(pk=self.job.request_id).only(
             "status", "backend", "comfyui_prompt_id", "attempts", "outputs", "thumbnails").first()
         if row is None or row.status == Status.CANCELLED:
-            stop_on_backend(_Ref(self.job.backend, self.job.prompt_id))
+            # the cancel's own task may have run before our submit: make sure ours stops too
+            recorded = row is not None and stop_cancelled_prompt(row.pk) is not None
+            if not (recorded and row.comfyui_prompt_id == self.job.prompt_id):
+                stop_on_backend(_Ref(self.job.backend, self.job.prompt_id))
         if row is None or row.status in TERMINAL:
             from generation.storage import request_file_names
 
@@ -460,6 +609,10 @@ class JobRunner:
         if self.written:
             delete_files(self.written)
             self.written = []
+
+
+# events that show a prompt moving: any of them resets the stall clock
+_ACTIVITY = (ev.ExecutionStart, ev.ExecutionCached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
 
 
 @dataclass

@@ -2,14 +2,18 @@
 
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
+from django.utils import timezone
 
-from generation.models import GenerationRequest
-from generation.states import Status
+from generation.models import BackendState, GenerationRequest
+from generation.states import WAITING, Status
+
+NO_BACKEND_REACHABLE = "no_backend_reachable"
+RETRYING = "retrying"
 
 
 def requests_visible_to(user):
     """The requests ``user`` may see: their own; staff see everyone's."""
-    qs = GenerationRequest.objects.select_related("user")
+    qs = GenerationRequest.objects.select_related("user", "run")
     return qs if user.is_staff else qs.filter(user=user)
 
 
@@ -55,9 +59,57 @@ def queue_positions(requests):
     return positions
 
 
+def reachable_backends():
+    """The configured backends in rotation that have answered at least once (what ``/readyz`` calls
+    answering): a request can start only on one of these."""
+    from generation.backends import configured_urls
+
+    return list(BackendState.objects.filter(url__in=configured_urls(), is_healthy=True, last_ok_at__isnull=False)
+                .only("url", "capabilities_at"))
+
+
+def waiting_reason(request):
+    """Why a waiting request waits for more than its turn, or ``None`` (see :func:`waiting_reasons`)."""
+    return waiting_reasons([request]).get(request.pk)
+
+
+def waiting_reasons(requests, *, now=None):
+    """``{pk: {"code", "message"[, "retry_at"]}}`` for the waiting ones among ``requests`` that wait for
+    something other than their turn:
+
+    - ``retrying``: requeued after a fault, it may not start before ``retry_at`` (its backoff);
+    - ``no_backend_reachable``: no backend that can run it (its node classes and model files) is in
+      rotation and has answered, so its place in the queue means nothing until one does.
+
+    No query when none of ``requests`` is waiting; otherwise one for the backends (the requirement
+    sets come from the dispatcher's per-process cache)."""
+    waiting = [r for r in requests if r.status in WAITING]
+    if not waiting:
+        return {}
+    from generation.dispatcher import able_to_run
+
+    now = now or timezone.now()
+    reasons = {}
+    rows = None
+    for request in waiting:
+        if request.not_before and request.not_before > now:
+            reasons[request.pk] = {"code": RETRYING, "retry_at": request.not_before,
+                                   "message": "Retrying after a failure on the backend, once its backoff is over."}
+            continue
+        if rows is None:
+            rows = reachable_backends()
+            able = able_to_run(rows, sorted({r.requirements_id for r in waiting if r.requirements_id}))
+        runnable = bool(rows) if request.requirements_id is None else bool(able.get(request.requirements_id))
+        if not runnable:
+            reasons[request.pk] = {"code": NO_BACKEND_REACHABLE,
+                                   "message": "No backend that can run this request is reachable; it waits until "
+                                              "one answers."}
+    return reasons
+
+
 def history_for_user(user, *, status=None, newest_first=True):
     """``user``'s own requests for the history page, optionally one status, by creation date."""
-    qs = GenerationRequest.objects.filter(user=user)
+    qs = GenerationRequest.objects.filter(user=user).select_related("run")
     if status:
         qs = qs.filter(status=status)
     return qs.order_by("-created_at" if newest_first else "created_at")

@@ -11,12 +11,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from generation import backends, enqueue, inputs, lifecycle
 from generation.errors import NotCancellable, ParamsInvalid, TooManyActiveRequests
 from generation.models import GenerationRequest, RequirementSet
-from generation.states import ACTIVE, WAITING, Status
+from generation.states import ACTIVE, Status
 from generation.workflows import DEFAULT_WORKFLOW, get_workflow
 from generation.workflows.fields import MODEL_FOLDERS, Context, Errors
 from models_registry.models import ModelType
@@ -182,7 +183,7 @@ def _input_file_referenced(name):
 
 # what may change between a submit's insert and its answer
 STATE_FIELDS = ["status", "queued_at", "started_at", "finished_at", "updated_at", "backend", "attempts",
-                "progress", "current_node", "current_step", "total_steps", "error", "error_detail", "regenerated_from"]
+                "error", "error_detail", "regenerated_from"]
 
 
 def queue_generation(request_id, *, request=None):
@@ -222,28 +223,30 @@ def regenerate_generation(*, request, user, same_seed=False, idempotency=None):
 def cancel_generation(*, request):
     """Cancel an active request; return the refreshed request.
 
-    Waiting requests are cancelled in the database at once. A running one is removed from its
-    backend's queue, then interrupted by prompt id, then marked cancelled — in that order, so
-    ComfyUI never starts work we already gave up. A backend that does not answer does not
-    stop the cancel: the worker following the job sees the cancelled row and stops too.
+    The decision is one conditional update (any active state → cancelled), so it beats a racing
+    completion or requeue or loses to it cleanly; nothing here waits on a backend. A request that
+    was running gets ``backend_stop = pending``, and a task removes its prompt from the backend's
+    queue and interrupts it once this transaction commits (``runner.stop_cancelled_prompt``); the
+    worker following the job sees the cancelled row and stops it too.
     Raises ``NotCancellable`` when the request had already finished.
     """
-    if request.status in WAITING and lifecycle.transition(request.pk, Status.CANCELLED, expect=WAITING):
-        request.refresh_from_db()
-        return request
-    request.refresh_from_db()
-    if request.status == Status.RUNNING:
-        from generation.runner import stop_on_backend
-
-        stop_on_backend(request)
-    if request.status in ACTIVE:
-        # Any active state: once the prompt is gone from ComfyUI, its worker may requeue the
-        # request (running → queued) before this write lands; the person still asked to cancel.
-        lifecycle.transition(request.pk, Status.CANCELLED, expect=ACTIVE)
+    stop = Case(When(status=Status.RUNNING, then=Value(GenerationRequest.BackendStop.PENDING)),
+                default=Value(GenerationRequest.BackendStop.NONE))
+    if lifecycle.transition(request.pk, Status.CANCELLED, expect=ACTIVE, backend_stop=stop):
+        transaction.on_commit(lambda: _stop_on_backend_later(request.pk))
     request.refresh_from_db()
     if request.status != Status.CANCELLED:
         raise NotCancellable(f"The request is already {request.status}.")
     return request
+
+
+def _stop_on_backend_later(request_id):
+    if not GenerationRequest.objects.filter(pk=request_id, backend_stop=GenerationRequest.BackendStop.PENDING).exists():
+        return
+    try:
+        enqueue.stop_cancelled(request_id)
+    except Exception:  # the broker down: the worker following the job still stops it when it sees the cancel
+        logger.exception("could not queue stopping %s on its backend", request_id)
 
 
 def delete_generation(*, request):

@@ -12,7 +12,10 @@ This module only decides; what follows a change (webhooks, events) is run by
 :mod:`generation.lifecycle`, which every actor calls instead of :func:`transition` directly.
 """
 
+from typing import NamedTuple
+
 from django.db import models
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 
@@ -48,19 +51,28 @@ _STAMP = {
 }
 
 
+class Lease(NamedTuple):
+    """A worker's hold on attempt ``attempt`` of a running request: the ``RunState.heartbeat_at`` it wrote last."""
+
+    attempt: int
+    heartbeat_at: object  # datetime
+
+
 class InvalidTransition(ValueError):
     """A transition the machine never allows (a programming error, not a lost race)."""
 
 
-def transition(request_id, to, *, expect=None, where=None, now=None, **fields):
+def transition(request_id, to, *, expect=None, where=None, lease=None, now=None, **fields):
     """Move one request to ``to`` if it is still in an allowed state; return whether we won.
 
     ``expect`` narrows the allowed from-states (e.g. only ``{running}``); ``where`` adds
     conditions such as ``{"attempts": 2}`` so a worker from an older attempt cannot finish
-    a job that was since dispatched again. ``fields`` are written in the same UPDATE. ``now`` (default:
-    the current time) is the stamp written, for a caller that mirrors the row in memory.
+    a job that was since dispatched again; ``lease`` (a :class:`Lease`) also requires that attempt
+    and that the lease in its ``RunState`` is still the caller's (nobody took the job over).
+    ``fields`` are written in the same UPDATE. ``now`` (default: the current time) is the stamp
+    written, for a caller that mirrors the row in memory.
     """
-    from generation.models import GenerationRequest
+    from generation.models import GenerationRequest, RunState
 
     to = Status(to)
     if to not in ALLOWED_FROM:
@@ -73,12 +85,11 @@ def transition(request_id, to, *, expect=None, where=None, now=None, **fields):
         allowed = frozenset(expect)
     now = now or timezone.now()
     fields.setdefault(_STAMP[to], now)
-    if to in TERMINAL:
-        fields.setdefault("heartbeat_at", None)
-    updated = GenerationRequest.objects.filter(pk=request_id, status__in=list(allowed), **(where or {})).update(
-        status=to, updated_at=now, **fields
-    )
-    return updated == 1
+    rows = GenerationRequest.objects.filter(pk=request_id, status__in=list(allowed), **(where or {}))
+    if lease is not None:
+        rows = rows.filter(attempts=lease.attempt).filter(Exists(RunState.objects.filter(
+            request_id=OuterRef("pk"), attempt=lease.attempt, heartbeat_at=lease.heartbeat_at)))
+    return rows.update(status=to, updated_at=now, **fields) == 1
 
 
 def can_transition(current, to):

@@ -9,6 +9,7 @@ only through :mod:`generation.enqueue`, the one module that names them:
 - ``watch_backend``: wait out a down backend's backoff, probe it, wake workers.
 - ``reconcile``: the every-minute safety net (``manage.py setup_schedules``).
 - ``deliver_webhook``: POST a finished request's signed webhook.
+- ``stop_cancelled``: stop a cancelled request's prompt on its backend (cancel writes only the decision).
 """
 
 import logging
@@ -33,28 +34,39 @@ def dispatch():
         return "idle"
     if GenerationRequest.objects.filter(status=Status.QUEUED).exists():
         enqueue.wake_dispatcher()  # fill the other free slots in parallel, one wake-up at a time
-    woke = False
+    ending = None
     try:
-        woke = run_job(Job(claim.request_id, claim.attempt, claim.backend, claim.prompt_id, claim.lease))
+        ending = run_job(Job(claim.request_id, claim.attempt, claim.backend, claim.prompt_id, claim.lease))
     finally:
-        if not woke:
-            enqueue.send_wakeups(1)
+        _wake_after(ending)
     return f"{claim.request_id} attempt {claim.attempt} on {claim.backend}"
 
 
 def resume(request_id, attempt, lease):
     """Re-attach to attempt ``attempt`` of a running request, if the reconciler's lease still holds."""
     row = GenerationRequest.objects.filter(pk=request_id, status=Status.RUNNING, attempts=attempt,
-                                           heartbeat_at=lease).values("backend", "comfyui_prompt_id").first()
+                                           run__attempt=attempt, run__heartbeat_at=lease).values(
+        "backend", "comfyui_prompt_id").first()
     if row is None:
         return "not ours any more"
-    woke = False
+    ending = None
     try:
-        woke = run_job(Job(request_id, attempt, row["backend"], row["comfyui_prompt_id"], lease), resume=True)
+        ending = run_job(Job(request_id, attempt, row["backend"], row["comfyui_prompt_id"], lease), resume=True)
     finally:
-        if not woke:
-            enqueue.send_wakeups(1)
+        _wake_after(ending)
     return f"{request_id} attempt {attempt} resumed"
+
+
+def _wake_after(ending):
+    """A job ended: wake a dispatcher for the slot it freed (unless it did already), and, when it
+    requeued its request with a backoff, wait that out here and wake one for the request. The wait
+    is a few seconds (capped by ``REQUEUE_BACKOFF_MAX_SECONDS``) in the worker the job had anyway;
+    a worker that dies meanwhile leaves it to the reconciler's lost-wake-up check."""
+    if ending is None or not ending.woke:
+        enqueue.send_wakeups(1)
+    if ending is not None and ending.retry_at is not None:
+        time.sleep(max(0.0, (ending.retry_at - timezone.now()).total_seconds()))
+        enqueue.send_wakeups(1)
 
 
 def watch_backend(url):
@@ -72,6 +84,13 @@ def watch_backend(url):
     if GenerationRequest.objects.filter(status__in=[Status.QUEUED, Status.PENDING]).exists():
         enqueue.watch_backend(url)
     return "still down"
+
+
+def stop_cancelled(request_id):
+    """Stop a cancelled request's prompt on its backend; the request shows how that went."""
+    from generation.services import stop_cancelled_prompt
+
+    return stop_cancelled_prompt(request_id)
 
 
 def reconcile():

@@ -86,6 +86,7 @@ def _status_context(generation):
     node_type = ((generation.graph or {}).get(generation.current_node) or {}).get("class_type", "")
     return {"generation": generation, "images": image_links(generation),
             "queue_position": selectors.queue_position(generation),
+            "waiting_reason": selectors.waiting_reason(generation),
             "percent": round(100 * (generation.progress or 0)),
             "duration": (generation.finished_at - generation.started_at).total_seconds()
             if generation.finished_at and generation.started_at else None,
@@ -155,7 +156,8 @@ def generate(request):
             _use_as_input(request, form)
     form.previews = _input_previews(request.user, form)
     return render(request, "generation/generate.html",
-                  {"form": form, "idempotency_key": request.POST.get("idempotency_key", "")[:100] or uuid.uuid4()},
+                  {"form": form, "idempotency_key": request.POST.get("idempotency_key", "")[:100] or uuid.uuid4(),
+                   "no_backend_reachable": not selectors.reachable_backends()},
                   status=status)
 
 

@@ -357,6 +357,12 @@ GENERATION = {
     "MAX_ATTEMPTS": env_int("MAX_ATTEMPTS", 3),
     "HEARTBEAT_SECONDS": env_float("HEARTBEAT_SECONDS", 0.5),
     "STALE_HEARTBEAT_SECONDS": env_int("STALE_HEARTBEAT_SECONDS", 30),
+    # ComfyUI runs the prompt but nothing moved (no progress, no node change) this long: interrupt, retry
+    "STALL_SECONDS": env_float("STALL_SECONDS", 120.0),
+    "REQUEUE_BACKOFF_SECONDS": env_float("REQUEUE_BACKOFF_SECONDS", 2.0),  # then doubling per attempt
+    "REQUEUE_BACKOFF_MAX_SECONDS": env_float("REQUEUE_BACKOFF_MAX_SECONDS", 60.0),
+    "STORAGE_RETRIES": env_int("STORAGE_RETRIES", 3),  # retries of storing a finished job's images
+    "STORAGE_RETRY_SECONDS": env_float("STORAGE_RETRY_SECONDS", 1.0),  # then doubling per retry
     "BACKEND_BACKOFF_MAX_SECONDS": env_int("BACKEND_BACKOFF_MAX_SECONDS", 60),
     "AFFINITY": env_bool("DISPATCH_AFFINITY", True),
     "AFFINITY_MAX_SKIPS": env_int("AFFINITY_MAX_SKIPS", 8),
@@ -392,6 +398,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = env_float("Q_POLL", 0.2)
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and not env_bool("DATABASE_TRANSACTION_POOLING"):
+        # wakes the pusher by NOTIFY instead of its poll (LISTEN needs a direct connection, not PgBouncer's)
+        Q_CLUSTER["broker_class"] = "generation.broker.NotifyingORM"
 
 # Throttle and login counters live in the database (generation/throttling.py, login_guard.py), so they
 # hold across web processes with or without Redis; the cache only speeds things up.

@@ -64,3 +64,17 @@ def valid_params(checkpoint):
             "width": 64, "height": 64, "batch_size": 1,
             "sampler_params": {"seed": 42, "steps": 4, "cfg": 7.0, "sampler_name": "euler",
                                "scheduler": "normal", "denoise": 1.0}}
+
+
+@pytest.fixture
+def reachable_backend(db, settings):
+    """The configured backends in rotation and known to have answered (capabilities not read: able to
+    run anything), so a waiting request only waits for its turn."""
+    from django.utils import timezone
+
+    from generation.models import BackendState
+
+    for backend in settings.COMFYUI_BACKENDS:
+        BackendState.objects.update_or_create(url=backend["url"], defaults={
+            "capacity": backend["capacity"], "is_healthy": True, "last_ok_at": timezone.now()})
+    return settings.COMFYUI_BACKENDS

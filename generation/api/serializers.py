@@ -60,6 +60,14 @@ class ProgressSerializer(serializers.Serializer):
     total_steps = serializers.IntegerField()
 
 
+class WaitingReasonSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=["no_backend_reachable", "retrying"],
+                                   help_text="no_backend_reachable: no backend that can run it is reachable; "
+                                             "retrying: requeued after a fault, waiting out its backoff")
+    message = serializers.CharField()
+    retry_at = serializers.DateTimeField(required=False, help_text="retrying: when it may start again")
+
+
 class ImageLinksSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     url = serializers.CharField()
@@ -91,6 +99,11 @@ class GenerationRequestSerializer(serializers.ModelSerializer):
     progress = ProgressSerializer()
     queue_position = serializers.IntegerField(allow_null=True, min_value=1,
                                               help_text="1-based place in the fair queue while pending/queued")
+    waiting_reason = WaitingReasonSerializer(allow_null=True, help_text="While pending/queued: why it waits for "
+                                             "more than its turn (null: it only waits for its turn)")
+    backend_stop = serializers.ChoiceField(choices=["", "pending", "done", "unreachable"],
+                                           help_text="After cancelling a running request: stopping its prompt on "
+                                                     "the backend is pending, done, or the backend did not answer")
     workflow = WorkflowRefSerializer()
     params = serializers.JSONField(help_text="The workflow's parameters as validated (random seeds drawn)")
     inputs = RequestInputSerializer(many=True)
@@ -105,8 +118,9 @@ class GenerationRequestSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GenerationRequest
-        fields = ["id", "user", "status", "progress", "queue_position", "workflow", "params", "inputs", "prompt",
-                  "checkpoint_model", "width", "height", "batch_size", "webhook_url", "backend", "attempts", "error",
+        fields = ["id", "user", "status", "progress", "queue_position", "waiting_reason", "workflow", "params",
+                  "inputs", "prompt", "checkpoint_model", "width", "height", "batch_size", "webhook_url", "backend",
+                  "backend_stop", "attempts", "error",
                   "error_detail", "images", "regenerated_from", "created_at", "queued_at", "started_at",
                   "finished_at", "updated_at"]
         read_only_fields = fields
@@ -114,10 +128,13 @@ class GenerationRequestSerializer(serializers.ModelSerializer):
     def to_representation(self, instance):
         request = self.context.get("request")
         positions = self.context.get("queue_positions")
+        reasons = self.context.get("waiting_reasons")
         options = {"absolute": request.build_absolute_uri if request is not None else None,
                    "workflows": self.context.get("workflows")}
         if positions is not None:  # a list page computed them for all its rows at once
             options["queue_position"] = positions.get(instance.pk)
+        if reasons is not None:
+            options["waiting_reason"] = reasons.get(instance.pk)
         return request_representation(instance, **options)
 
 

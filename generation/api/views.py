@@ -49,7 +49,7 @@ from generation.idempotency import HEADER as IDEMPOTENCY_HEADER
 from generation.idempotency import REGENERATE, SUBMIT, Idempotency
 from generation.login_guard import locked_for
 from generation.models import WorkflowTemplate
-from generation.selectors import queue_positions, request_for_user, requests_visible_to
+from generation.selectors import queue_positions, request_for_user, requests_visible_to, waiting_reasons
 from generation.webhooks import rotate_webhook_secret, webhook_secret_for
 from generation.workflows import UnknownWorkflow, all_workflows, get_builtin, get_workflow, templates, workflows_for
 from generation.workflows.fields import Context
@@ -154,6 +154,7 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         # every waiting row's queue position in one query, not two per row
         context = {**self.get_serializer_context(), "queue_positions": queue_positions(page),
+                   "waiting_reasons": waiting_reasons(page),
                    "workflows": workflows_for({(row.workflow_slug, row.workflow_version) for row in page})}
         return self.get_paginated_response(GenerationRequestSerializer(page, many=True, context=context).data)
 

@@ -2,7 +2,7 @@ import pytest
 from django.utils import timezone
 
 from generation import backends
-from generation.models import BackendState, GenerationRequest
+from generation.models import BackendState, GenerationRequest, RunState
 from generation.states import Status
 
 pytestmark = pytest.mark.django_db
@@ -57,8 +57,9 @@ def test_probe_of_a_live_backend_brings_it_back(settings, simulator):
 
 def test_backend_overview_shape(configured, user):
     now = timezone.now()
-    GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING, backend=DOWN,
-                                     current_node="KSampler (3)", progress=0.5)
+    executing = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
+                                                 backend=DOWN, attempts=1)
+    RunState.objects.create(request=executing, attempt=1, current_node="KSampler (3)", progress=0.5)
     GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING, backend=DOWN)
     failed = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.FAILED,
                                               backend=DOWN, finished_at=now, error="boom")

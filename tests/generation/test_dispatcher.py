@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from generation.dispatcher import _Backend, _Candidate, choose, claim_next, fair_order, prompt_id_for
-from generation.models import BackendState, DispatchTurn, GenerationRequest
+from generation.models import BackendState, DispatchTurn, GenerationRequest, RunState
 from generation.states import Status
 from tests.concurrency import run_concurrently
 
@@ -124,7 +124,7 @@ def test_claim_sets_running_fields_and_respects_capacity(two_backends, user):
     row = GenerationRequest.objects.get(pk=claims[0].request_id)
     assert row.status == Status.RUNNING and row.attempts == 1 and row.backend == claims[0].backend
     assert row.comfyui_prompt_id == prompt_id_for(row.id, 1) == claims[0].prompt_id
-    assert row.heartbeat_at == claims[0].lease and row.deadline_at > timezone.now()
+    assert row.run.heartbeat_at == claims[0].lease and row.run.attempt == 1 and row.deadline_at > timezone.now()
     assert row.started_at is not None
 
 
@@ -228,3 +228,89 @@ def test_concurrent_claims_never_exceed_capacity_or_share_a_request(two_backends
     won = [c for c in claims if c is not None]
     assert len(won) == 3 and len({c.request_id for c in won}) == 3
     assert GenerationRequest.objects.filter(status=Status.RUNNING, backend=A).count() == 3
+
+
+def test_a_request_in_its_retry_backoff_waits_while_others_go(two_backends, make_user):
+    alice, bob = make_user("alice"), make_user("bob")
+    retrying = _queued(alice, age=0, attempts=1, not_before=timezone.now() + timedelta(minutes=1))
+    later = _queued(bob, age=5)
+    assert [c.id for c in fair_order()] == [later.id]
+    assert claim_next().request_id == later.id
+    assert claim_next() is None
+    GenerationRequest.objects.filter(pk=retrying.pk).update(not_before=timezone.now() - timedelta(seconds=1))
+    claim = claim_next()
+    assert (claim.request_id, claim.attempt) == (retrying.id, 2)
+
+
+def test_fair_order_with_few_users_fills_the_window_from_each(make_user):
+    """Fewer users than the window: each contributes its next requests, interleaved (affinity needs them)."""
+    alice, bob = make_user("alice"), make_user("bob")
+    a = [_queued(alice, age=i) for i in range(10)]
+    b = [_queued(bob, age=20 + i) for i in range(10)]
+    order = [c.id for c in fair_order(limit=6)]
+    assert order == [a[0].id, b[0].id, a[1].id, b[1].id, a[2].id, b[2].id]
+
+
+def test_fair_order_costs_the_same_with_many_waiting_users(make_user, django_assert_max_num_queries):
+    """With at least a window of users waiting, one query finds them and their first requests."""
+    for n in range(20):
+        _queued(make_user(f"user{n}"), age=n)
+    with django_assert_max_num_queries(1):
+        order = fair_order(limit=16)
+    assert len(order) == 16 and len({c.user_id for c in order}) == 16
+
+
+def test_a_claim_leaves_a_fresh_lease_and_zero_progress(two_backends, user):
+    request = _queued(user, attempts=1)
+    RunState.objects.create(request=request, attempt=1, progress=0.7, current_node="KSampler (3)", current_step=9,
+                            total_steps=10)
+    claim = claim_next()
+    run = RunState.objects.get(request=request)
+    assert (run.attempt, run.heartbeat_at, run.progress, run.current_node, run.current_step) == (
+        2, claim.lease, 0.0, "", 0)
+
+
+# --- capabilities ------------------------------------------------------------------------------
+
+
+def _needs(checkpoint):
+    """A RequirementSet for txt2img with ``checkpoint`` (its key)."""
+    from generation.models import RequirementSet
+    from generation.workflows import Requirements
+
+    requirements = Requirements.of(["CheckpointLoaderSimple", "KSampler", "SaveImage"], [("checkpoints", checkpoint)])
+    RequirementSet.objects.get_or_create(key=requirements.key, defaults={
+        "nodes": list(requirements.nodes), "model_files": requirements.as_json()["models"]})
+    return requirements.key
+
+
+def _capable(url, checkpoints):
+    BackendState.objects.update_or_create(url=url, defaults={
+        "node_classes": ["CheckpointLoaderSimple", "KSampler", "SaveImage"],
+        "model_lists": {"checkpoints": checkpoints}, "capabilities_at": timezone.now()})
+
+
+def test_a_request_goes_only_where_its_model_is(two_backends, user):
+    claim_next()  # creates the rows
+    _capable(A, ["common.safetensors"])
+    _capable(B, ["common.safetensors", "rare.safetensors"])
+    rare = _queued(user, checkpoint="rare.safetensors", age=0, requirements_id=_needs("rare.safetensors"))
+    claim = claim_next()
+    assert (claim.request_id, claim.backend) == (rare.id, B)
+
+
+def test_a_users_request_that_cannot_run_now_does_not_hold_back_their_next_one(two_backends, make_user):
+    """The head of a user's queue needs a model only a full backend has: their next request that a free
+    backend can run goes in their turn (the window is read again, filtered)."""
+    alice, bob = make_user("alice"), make_user("bob")
+    claim_next()
+    _capable(A, ["common.safetensors"])
+    _capable(B, ["common.safetensors", "rare.safetensors"])
+    two_backends.COMFYUI_BACKENDS = [{"url": A, "capacity": 2}, {"url": B, "capacity": 1}]
+    busy = _queued(bob, checkpoint="rare.safetensors", age=0, requirements_id=_needs("rare.safetensors"))
+    assert claim_next().request_id == busy.id  # B is full now
+    blocked = _queued(alice, checkpoint="rare.safetensors", age=1, requirements_id=_needs("rare.safetensors"))
+    runnable = _queued(alice, checkpoint="common.safetensors", age=2, requirements_id=_needs("common.safetensors"))
+    claim = claim_next()
+    assert (claim.request_id, claim.backend) == (runnable.id, A)
+    assert GenerationRequest.objects.get(pk=blocked.id).status == Status.QUEUED

@@ -4,7 +4,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import TERMINAL, Status
 from models_registry.models import AvailableModel, ModelType
 
@@ -56,11 +56,30 @@ def test_batch_limits_are_inclusive(user):
 
 @pytest.mark.parametrize("value", [-0.01, 1.01])
 def test_progress_between_0_and_1(user, value):
-    assert "genreq_progress_0_1" in rejected(user, progress=value)
+    request = create(user)
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        RunState.objects.create(request=request, attempt=1, progress=value)
+    assert "runstate_progress_0_1" in str(caught.value)
 
 
 def test_progress_limits_are_inclusive(user):
-    assert create(user, progress=1.0).progress == 1.0
+    request = create(user, attempts=1)
+    RunState.objects.create(request=request, attempt=1, progress=1.0)
+    assert GenerationRequest.objects.select_related("run").get(pk=request.pk).progress == 1.0
+
+
+def test_progress_is_read_from_the_run_state(user, django_assert_num_queries):
+    """Never dispatched: no RunState and no query for it; dispatched: its row (joined when selected)."""
+    fresh = create(user)
+    with django_assert_num_queries(0):
+        assert (fresh.progress, fresh.current_node, fresh.current_step, fresh.total_steps) == (0.0, "", 0, 0)
+    running = create(user, status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request=running, attempt=1, progress=0.5, current_node="KSampler (3)", current_step=2,
+                            total_steps=4)
+    loaded = GenerationRequest.objects.select_related("run").get(pk=running.pk)
+    with django_assert_num_queries(0):
+        assert (loaded.progress, loaded.current_node, loaded.current_step, loaded.total_steps) == (
+            0.5, "KSampler (3)", 2, 4)
 
 
 def test_prompt_may_be_empty(user):
@@ -118,3 +137,39 @@ def test_available_model_label_and_offered(db):
     assert model.label == "foo.bar" and model.is_offered
     model.is_present = False
     assert not model.is_offered
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_scale_migration_moves_progress_and_the_lease_to_run_state_and_back(user):
+    """Migrated for real: a running and a completed request from before 0006 keep their progress and
+    lease in RunState; a never-dispatched one gets no row; going back restores the columns."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("generation", "0005_workflows")], [("generation", "0006_scale")]
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes("generation")
+    lease = timezone.now()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps.get_model("generation", "GenerationRequest")
+        running = old.objects.create(user_id=user.pk, status="running", attempts=2, heartbeat_at=lease, progress=0.5,
+                                     current_node="KSampler (3)", current_step=5, total_steps=10)
+        done = old.objects.create(user_id=user.pk, status="completed", attempts=1, progress=1.0,
+                                  finished_at=lease)
+        waiting = old.objects.create(user_id=user.pk, status="queued")
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        runs = executor.loader.project_state(after).apps.get_model("generation", "RunState")
+        assert {(r.request_id, r.attempt, r.heartbeat_at, r.progress, r.current_node, r.current_step, r.total_steps)
+                for r in runs.objects.all()} == {
+            (running.pk, 2, lease, 0.5, "KSampler (3)", 5, 10), (done.pk, 1, None, 1.0, "", 0, 0)}
+        executor = MigrationExecutor(connection)
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps.get_model("generation", "GenerationRequest")
+        back = old.objects.get(pk=running.pk)
+        assert (back.heartbeat_at, back.progress, back.current_node, back.current_step) == (lease, 0.5,
+                                                                                             "KSampler (3)", 5)
+        assert old.objects.get(pk=waiting.pk).progress == 0.0
+    finally:
+        MigrationExecutor(connection).migrate(latest)

@@ -7,7 +7,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from generation import enqueue, reconciler
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 from generation.storage import save_exact
 
@@ -35,20 +35,32 @@ def _row(user, status, **fields):
 
 def _running(user, *, heartbeat_age=0, deadline_in=300, attempts=1):
     now = timezone.now()
-    return _row(user, Status.RUNNING, attempts=attempts, backend="http://127.0.0.1:9", comfyui_prompt_id="p1",
-                started_at=now, heartbeat_at=now - timedelta(seconds=heartbeat_age),
-                deadline_at=now + timedelta(seconds=deadline_in))
+    request = _row(user, Status.RUNNING, attempts=attempts, backend="http://127.0.0.1:9", comfyui_prompt_id="p1",
+                   started_at=now, deadline_at=now + timedelta(seconds=deadline_in))
+    RunState.objects.create(request=request, attempt=attempts, heartbeat_at=now - timedelta(seconds=heartbeat_age))
+    return request
 
 
 def test_stale_heartbeat_is_taken_over_and_resumed(one_backend, user, enqueued):
     stale, fresh = _running(user, heartbeat_age=60), _running(user, heartbeat_age=1)
+    fresh_lease = RunState.objects.get(request=fresh).heartbeat_at
     report = reconciler.reconcile()
     assert report["taken_over"] == 1
-    row = GenerationRequest.objects.get(pk=stale.pk)
-    assert ("generation.tasks.resume", stale.pk, 1, row.heartbeat_at) in enqueued
-    assert row.heartbeat_at > timezone.now() - timedelta(seconds=5) and row.status == Status.RUNNING
-    assert GenerationRequest.objects.get(pk=fresh.pk).heartbeat_at == fresh.heartbeat_at
+    run = RunState.objects.get(request=stale)
+    assert ("generation.tasks.resume", stale.pk, 1, run.heartbeat_at) in enqueued
+    assert run.heartbeat_at > timezone.now() - timedelta(seconds=5)
+    assert GenerationRequest.objects.get(pk=stale.pk).status == Status.RUNNING
+    assert RunState.objects.get(request=fresh).heartbeat_at == fresh_lease
     assert reconciler.reconcile()["taken_over"] == 0  # idempotent: the lease is fresh now
+
+
+def test_a_running_row_without_run_state_is_taken_over(one_backend, user, enqueued):
+    """A job running when RunState was introduced (or whose row went missing) is recovered too."""
+    orphan = _row(user, Status.RUNNING, attempts=1, backend="http://127.0.0.1:9", comfyui_prompt_id="p1",
+                  started_at=timezone.now(), deadline_at=timezone.now() + timedelta(seconds=300))
+    assert reconciler.reconcile()["taken_over"] == 1
+    run = RunState.objects.get(request=orphan)
+    assert run.attempt == 1 and ("generation.tasks.resume", orphan.pk, 1, run.heartbeat_at) in enqueued
 
 
 def test_past_deadline_fails_with_timeout(one_backend, user, enqueued):
@@ -76,6 +88,14 @@ def test_lost_wakeups_are_resent_for_free_slots(one_backend, user, enqueued):
         _row(user, Status.QUEUED, queued_at=old)
     assert reconciler.reconcile()["wakeups"] == 2  # two free slots, three waiting
     assert enqueued.count(("generation.tasks.dispatch",)) == 2
+
+
+def test_work_in_its_retry_backoff_is_not_waiting_yet(one_backend, user, enqueued):
+    old = timezone.now() - timedelta(seconds=60)
+    _row(user, Status.QUEUED, queued_at=old, not_before=timezone.now() + timedelta(seconds=30))
+    assert reconciler.reconcile()["wakeups"] == 0
+    _row(user, Status.QUEUED, queued_at=old, not_before=timezone.now() - timedelta(seconds=1))
+    assert reconciler.reconcile()["wakeups"] == 1
 
 
 def test_recent_queued_work_is_left_to_its_wakeup(one_backend, user, enqueued):

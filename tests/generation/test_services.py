@@ -32,9 +32,9 @@ def wakeups(monkeypatch):
 
 @pytest.fixture
 def stopped(monkeypatch):
-    """Record requests stopped on their backend (the runner talks to ComfyUI; not here)."""
+    """Record the stop tasks a cancel queues (a worker stops the prompt on its backend; not the request)."""
     calls = []
-    monkeypatch.setattr("generation.runner.stop_on_backend", lambda request: calls.append(request.pk))
+    monkeypatch.setattr("generation.enqueue.stop_cancelled", calls.append)
     return calls
 
 
@@ -129,36 +129,57 @@ def test_concurrent_submits_cannot_both_pass_the_limit(make_user, checkpoint, va
 
 
 @pytest.mark.parametrize("status", [Status.PENDING, Status.QUEUED])
-def test_cancel_waiting_request_in_the_database(user, checkpoint, status, stopped):
+def test_cancel_waiting_request_in_the_database(user, checkpoint, status, stopped,
+                                                django_capture_on_commit_callbacks):
     request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
                                                status=status)
-    cancelled = cancel_generation(request=request)
+    with django_capture_on_commit_callbacks(execute=True):
+        cancelled = cancel_generation(request=request)
     assert cancelled.status == Status.CANCELLED and cancelled.finished_at is not None
-    assert stopped == []  # nothing was sent to a backend yet
+    assert cancelled.backend_stop == "" and stopped == []  # nothing was sent to a backend yet
 
 
-def test_cancel_running_request_stops_it_on_its_backend_first(user, checkpoint, stopped):
-    request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
-                                               status=Status.RUNNING, backend="http://b1", comfyui_prompt_id="x")
-    cancelled = cancel_generation(request=request)
-    assert stopped == [request.pk]
-    assert cancelled.status == Status.CANCELLED
-
-
-def test_cancel_wins_even_when_the_worker_requeues_meanwhile(user, checkpoint, monkeypatch):
-    """Deleting the prompt from ComfyUI can make its worker requeue the request (prompt lost)
-    before the cancel is written: the cancel must still land, or the job would run again."""
+def test_cancel_of_a_running_request_decides_now_and_stops_it_in_a_task(user, checkpoint, stopped,
+                                                                        django_capture_on_commit_callbacks,
+                                                                        django_assert_max_num_queries, monkeypatch):
+    """No ComfyUI call in the request: the decision is written, the stop is queued for a worker."""
     import generation.runner
 
+    monkeypatch.setattr(generation.runner, "stop_on_backend", lambda request: pytest.fail("called in the request"))
     request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
                                                status=Status.RUNNING, backend="http://b1", comfyui_prompt_id="x",
                                                attempts=1)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        cancelled = cancel_generation(request=request)
+    assert cancelled.status == Status.CANCELLED and cancelled.backend_stop == "pending"
+    assert stopped == []  # queued only once the cancel is committed
+    for callback in callbacks:
+        callback()
+    assert stopped == [request.pk]
 
-    def worker_requeues(req):
-        assert states.transition(req.pk, Status.QUEUED, expect={Status.RUNNING})
 
-    monkeypatch.setattr(generation.runner, "stop_on_backend", worker_requeues)
-    assert cancel_generation(request=request).status == Status.CANCELLED
+def test_cancel_after_the_worker_requeued_has_nothing_to_stop(user, checkpoint, stopped,
+                                                              django_capture_on_commit_callbacks):
+    """The job was requeued (its prompt gone from ComfyUI) before the cancel landed: nothing to stop."""
+    request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
+                                               status=Status.RUNNING, backend="http://b1", comfyui_prompt_id="x",
+                                               attempts=1)
+    assert states.transition(request.pk, Status.QUEUED, expect={Status.RUNNING}, backend="")
+    with django_capture_on_commit_callbacks(execute=True):
+        cancelled = cancel_generation(request=request)
+    assert cancelled.status == Status.CANCELLED and cancelled.backend_stop == "" and stopped == []
+
+
+def test_a_broker_down_does_not_fail_the_cancel(user, checkpoint, monkeypatch, django_capture_on_commit_callbacks):
+    def broker_down(request_id):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("generation.enqueue.stop_cancelled", broker_down)
+    request = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model=checkpoint.name,
+                                               status=Status.RUNNING, backend="http://b1", comfyui_prompt_id="x",
+                                               attempts=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert cancel_generation(request=request).status == Status.CANCELLED
 
 
 def test_cancel_is_idempotent(user, checkpoint, stopped):

@@ -4,14 +4,17 @@ import functools
 import itertools
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from generation import lifecycle, states
-from generation.models import GenerationRequest
-from generation.states import ALLOWED_FROM, TERMINAL, InvalidTransition, Status, can_transition, transition
+from generation.models import GenerationRequest, RunState
+from generation.runner import take_over
+from generation.states import ALLOWED_FROM, TERMINAL, InvalidTransition, Lease, Status, can_transition, transition
 from tests.concurrency import run_concurrently
 
 ALL = list(Status)
@@ -40,7 +43,7 @@ def test_the_table_is_the_documented_machine():
 
 @pytest.mark.parametrize("frm, to", sorted(itertools.product(ALL, ALL)))
 def test_every_pair(user, frm, to):
-    request = make_request(user, frm, heartbeat_at="2026-01-01T00:00:00Z")
+    request = make_request(user, frm)
     if to == Status.PENDING:
         with pytest.raises(InvalidTransition):
             transition(request.pk, to)
@@ -51,8 +54,6 @@ def test_every_pair(user, frm, to):
         assert won is True
         assert request.status == to
         assert getattr(request, STAMP[to]) is not None
-        if to in TERMINAL:
-            assert request.heartbeat_at is None  # nobody is following a finished job
     else:
         assert won is False
         assert request.status == frm
@@ -103,6 +104,17 @@ def test_where_conditions_guard_against_an_older_attempt(user):
     request.refresh_from_db()
     assert request.status == Status.RUNNING
     assert transition(request.pk, Status.COMPLETED, where={"attempts": 2, "backend": "http://b2"}) is True
+
+
+def test_a_lease_must_be_the_holders(user):
+    """A worker's transition needs its attempt and its lease in RunState (nobody took the job over)."""
+    now = timezone.now()
+    request = make_request(user, Status.RUNNING, attempts=2)
+    RunState.objects.create(request=request, attempt=2, heartbeat_at=now)
+    assert transition(request.pk, Status.FAILED, lease=Lease(2, now - timedelta(seconds=1))) is False
+    assert transition(request.pk, Status.FAILED, lease=Lease(1, now)) is False
+    assert GenerationRequest.objects.get(pk=request.pk).status == Status.RUNNING
+    assert transition(request.pk, Status.FAILED, lease=Lease(2, now)) is True
 
 
 def test_unknown_request_is_a_lost_race_not_an_error(db):
@@ -162,7 +174,7 @@ def test_cancel_racing_completion_has_exactly_one_winner(make_user):
         cancel, complete = race(
             lambda pk=request.pk: transition(pk, Status.CANCELLED),
             lambda pk=request.pk: transition(pk, Status.COMPLETED, expect={Status.RUNNING}, where={"attempts": 1},
-                                             outputs=["done.png"], progress=1.0),
+                                             outputs=["done.png"]),
         )
         assert cancel != complete, "exactly one of them must win"
         request.refresh_from_db()
@@ -192,6 +204,43 @@ def test_two_workers_claiming_one_job_have_exactly_one_winner(make_user):
         assert request.status == Status.RUNNING
         assert request.attempts == 1, "the loser must not have bumped attempts"
         assert request.backend == ("http://w1" if first else "http://w2")
+
+
+@pytestmark_race
+def test_a_takeover_racing_the_workers_heartbeat_has_exactly_one_winner(make_user):
+    """The reconciler replacing a lease and the worker renewing it update one RunState row: one wins."""
+    user = make_user("racer")
+    winners = {"takeover": 0, "heartbeat": 0}
+    for _ in range(ROUNDS):
+        lease = timezone.now() - timedelta(minutes=1)
+        request = make_request(user, Status.RUNNING, attempts=1)
+        RunState.objects.create(request=request, attempt=1, heartbeat_at=lease)
+        taken, renewed = race(
+            lambda pk=request.pk, lease=lease: take_over(pk, 1, lease),
+            lambda pk=request.pk, lease=lease: RunState.objects.filter(
+                request_id=pk, attempt=1, heartbeat_at=lease).update(heartbeat_at=timezone.now()) == 1,
+        )
+        assert (taken is not None) != renewed, "exactly one of them must hold the lease"
+        winners["takeover" if taken else "heartbeat"] += 1
+        assert RunState.objects.get(request=request).heartbeat_at != lease
+    assert sum(winners.values()) == ROUNDS
+
+
+@pytestmark_race
+def test_cancel_racing_a_leased_completion_has_exactly_one_winner(make_user):
+    user = make_user("racer")
+    for _ in range(ROUNDS):
+        lease = timezone.now()
+        request = make_request(user, Status.RUNNING, attempts=1)
+        RunState.objects.create(request=request, attempt=1, heartbeat_at=lease)
+        cancel, complete = race(
+            lambda pk=request.pk: transition(pk, Status.CANCELLED),
+            lambda pk=request.pk, lease=lease: transition(pk, Status.COMPLETED, lease=Lease(1, lease),
+                                                          outputs=["done.png"]),
+        )
+        assert cancel != complete, "exactly one of them must win"
+        request.refresh_from_db()
+        assert request.status == (Status.CANCELLED if cancel else Status.COMPLETED)
 
 
 @pytestmark_race

@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from generation import enqueue, tasks
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +63,8 @@ def test_dispatch_without_work_is_a_no_op(sent):
 
 def test_resume_of_a_moved_lease_is_a_no_op(sent, user):
     row = GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.RUNNING,
-                                           backend=URL, attempts=1, heartbeat_at=timezone.now())
+                                           backend=URL, attempts=1)
+    RunState.objects.create(request=row, attempt=1, heartbeat_at=timezone.now())
     assert tasks.resume(row.pk, 1, timezone.now()) == "not ours any more"
     assert sent == []
 
@@ -78,3 +79,17 @@ def test_a_backlog_covering_every_configured_slot_skips_the_free_slot_check(sent
     with django_assert_num_queries(0):
         enqueue.wake_dispatcher(5)
     assert sent == []
+
+
+def test_a_job_requeued_with_a_backoff_wakes_the_dispatcher_again_when_it_is_over(sent, monkeypatch):
+    from datetime import timedelta
+
+    from generation.runner import Ending
+
+    slept = []
+    monkeypatch.setattr(tasks.time, "sleep", slept.append)
+    tasks._wake_after(Ending(woke=False, retry_at=timezone.now() + timedelta(seconds=2)))
+    assert len(sent) == 2  # one for the slot it freed now, one once the backoff is over
+    assert 1.5 < slept[0] <= 2.0
+    tasks._wake_after(Ending(woke=True))
+    assert len(sent) == 2

@@ -5,8 +5,9 @@ import re
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 from models_registry.models import AvailableModel, ModelType
 
@@ -206,8 +207,9 @@ def test_generate_prefilled_from_an_earlier_request(login, user, other_user, che
 # --- request card -----------------------------------------------------------------------------
 
 def test_request_page_and_live_partial(login, user, checkpoint):
-    running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.5, current_step=2, total_steps=4,
-                           current_node="3", graph={"3": {"class_type": "KSampler", "inputs": {}}})
+    running = make_request(user, checkpoint, status=Status.RUNNING, attempts=1,
+                           graph={"3": {"class_type": "KSampler", "inputs": {}}})
+    RunState.objects.create(request=running, attempt=1, progress=0.5, current_step=2, total_steps=4, current_node="3")
     client = login(user)
     page = client.get(reverse("request-detail", args=[running.pk]))
     assert page.status_code == 200
@@ -220,10 +222,35 @@ def test_request_page_and_live_partial(login, user, checkpoint):
     assert "no-cache" in partial["Cache-Control"]
 
 
-def test_queued_request_shows_its_queue_position(login, user, checkpoint):
+def test_queued_request_shows_its_queue_position(login, user, checkpoint, reachable_backend):
     make_request(user, checkpoint)
     second = make_request(user, checkpoint)
     assert b"position 2 in the queue" in login(user).get(reverse("request-status", args=[second.pk])).content
+
+
+def test_a_request_no_reachable_backend_can_run_says_so_instead_of_its_position(login, user, checkpoint):
+    waiting = make_request(user, checkpoint)
+    html = login(user).get(reverse("request-status", args=[waiting.pk])).content.decode()
+    assert "Waiting: no backend is reachable" in html and "position 1" not in html
+    assert 'data-active="true"' in html  # the card keeps following it: it starts once one answers
+
+
+def test_generate_page_says_when_no_backend_is_reachable(login, user, checkpoint, settings):
+    assert b"Waiting: no backend is reachable" in login(user).get(reverse("generate")).content
+    from generation.models import BackendState
+
+    BackendState.objects.create(url=settings.COMFYUI_BACKENDS[0]["url"], last_ok_at=timezone.now())
+    assert b"no backend is reachable" not in login(user).get(reverse("generate")).content
+
+
+def test_a_cancelled_card_follows_the_stop_on_the_backend(login, user, checkpoint):
+    cancelled = make_request(user, checkpoint, status=Status.CANCELLED, backend="http://127.0.0.1:9",
+                             comfyui_prompt_id="p", attempts=1, backend_stop="pending", finished_at=timezone.now())
+    html = login(user).get(reverse("request-status", args=[cancelled.pk])).content.decode()
+    assert "Stopping it on the backend" in html and 'data-active="true"' in html
+    GenerationRequest.objects.filter(pk=cancelled.pk).update(backend_stop="unreachable")
+    html = login(user).get(reverse("request-status", args=[cancelled.pk])).content.decode()
+    assert "did not answer" in html and 'data-active="false"' in html
 
 
 def test_completed_and_failed_cards(login, user, checkpoint):

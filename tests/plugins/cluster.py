@@ -33,10 +33,17 @@ TEST_GENERATION = {
     "BACKEND_BACKOFF_MAX_SECONDS": 1,
     "JOB_DEADLINE_SECONDS": 60,
     "MAX_ATTEMPTS": 3,
+    "REQUEUE_BACKOFF_SECONDS": 0.2,
+    "REQUEUE_BACKOFF_MAX_SECONDS": 1,
 }
 _ENV_NAMES = {  # GENERATION key -> environment variable read by genonaut/settings.py
     "HEARTBEAT_SECONDS": "HEARTBEAT_SECONDS",
     "STALE_HEARTBEAT_SECONDS": "STALE_HEARTBEAT_SECONDS",
+    "STALL_SECONDS": "STALL_SECONDS",
+    "REQUEUE_BACKOFF_SECONDS": "REQUEUE_BACKOFF_SECONDS",
+    "REQUEUE_BACKOFF_MAX_SECONDS": "REQUEUE_BACKOFF_MAX_SECONDS",
+    "STORAGE_RETRIES": "STORAGE_RETRIES",
+    "STORAGE_RETRY_SECONDS": "STORAGE_RETRY_SECONDS",
     "BACKEND_BACKOFF_MAX_SECONDS": "BACKEND_BACKOFF_MAX_SECONDS",
     "JOB_DEADLINE_SECONDS": "JOB_DEADLINE_SECONDS",
     "MAX_ATTEMPTS": "MAX_ATTEMPTS",
@@ -130,7 +137,7 @@ def cluster_factory(transactional_db, settings, _media_root):
     from django_q.conf import Conf
 
     started = []
-    saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "CLUSTER_NAME", "PREFIX")}
+    saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "BROKER_CLASS", "CLUSTER_NAME", "PREFIX")}
 
     def factory(backends, *, workers=None, redis_url=None, generation=None, env=None, name=None):
         backends = backend_list(backends)
@@ -159,7 +166,7 @@ def cluster_factory(transactional_db, settings, _media_root):
         # the test process enqueues to the same broker and queue as the cluster
         Conf.CLUSTER_NAME = Conf.PREFIX = name
         if redis_url:
-            Conf.ORM, Conf.REDIS = None, redis_url
+            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, redis_url, None  # as the cluster's settings say
         log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         cluster = Cluster(child_env, log.name)

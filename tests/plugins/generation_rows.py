@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from generation import inputs
-from generation.models import GenerationRequest, InputImage
+from generation.models import GenerationRequest, InputImage, RunState
 from generation.states import TERMINAL, Status
 from generation.storage import image_path, thumbnail_path
 
@@ -45,10 +45,13 @@ def png_bytes(width=64, height=48, color=(200, 30, 30)):
 
 @pytest.fixture
 def make_generation(db, checkpoint):
-    """Create a request row directly in ``status``; ``images=n`` stores n real PNGs plus thumbnails."""
+    """Create a request row directly in ``status``; ``images=n`` stores n real PNGs plus thumbnails;
+    ``progress``, ``current_node``, ``current_step``, ``total_steps`` go to its RunState."""
 
     def make(user, status=Status.QUEUED, *, images=0, **fields):
         now = timezone.now()
+        run = {key: fields.pop(key) for key in ("progress", "current_node", "current_step", "total_steps")
+               if key in fields}
         params = {"prompt": fields.get("prompt", "a lighthouse at dusk"), "negative_prompt": "",
                   "checkpoint_model": checkpoint.name, "lora_models": [], "width": 64, "height": 48,
                   "batch_size": max(1, images),
@@ -67,6 +70,11 @@ def make_generation(db, checkpoint):
             values.setdefault("started_at", now)
             values.setdefault("attempts", 1)
         request = GenerationRequest.objects.create(user=user, **values)
+        if run or status == Status.RUNNING:
+            RunState.objects.create(request=request, attempt=request.attempts or 1, heartbeat_at=now, **run)
+            if not request.attempts:
+                GenerationRequest.objects.filter(pk=request.pk).update(attempts=1)
+                request.attempts = 1
         if images:
             storage = storages["default"]
             outputs, thumbnails = [], []

@@ -34,8 +34,9 @@ def test_a_submit_costs_a_fixed_number_of_queries(api, valid_params, one_backend
         submit(api, valid_params)
     # token, submit-throttle upsert (counted in the database: it holds across web processes),
     # checkpoint, backends' capabilities (can any run it?), BEGIN, user lock, active count,
-    # requirement set (insert if new), insert, COMMIT, pending → queued, broker queue size, queue position
-    with django_assert_num_queries(13):
+    # requirement set (insert if new), insert, COMMIT, pending → queued, broker queue size, queue position,
+    # reachable backends (its waiting reason)
+    with django_assert_num_queries(14):
         body = submit(api, valid_params)
     assert body["status"] == "queued" and body["queue_position"] == 4
     row = GenerationRequest.objects.get(pk=body["id"])
@@ -51,8 +52,8 @@ def test_a_list_page_costs_the_same_however_many_rows_wait(api, user, other_user
         make_generation(other_user, Status.QUEUED)
     for index in range(25):
         make_generation(user, Status.COMPLETED if index < 25 - waiting else Status.QUEUED)  # newest wait
-    # token, the page, and the queue positions of its waiting rows (only when some wait)
-    with django_assert_num_queries(3 if waiting else 2):
+    # token, the page, and the queue positions of its waiting rows and the reachable backends (only when some wait)
+    with django_assert_num_queries(4 if waiting else 2):
         body = api.get(LIST).json()
     assert len(body["results"]) == 20
 

@@ -349,3 +349,18 @@ def test_regenerate_honours_an_idempotency_key(api, user, make_generation):
     other = make_generation(user, Status.COMPLETED)
     response = api.post(f"{detail(other.pk)}regenerate/", {}, format="json", HTTP_IDEMPOTENCY_KEY="again-1")
     assert response.status_code == 422 and "Idempotency-Key" in response.json()["error"]["fields"]
+
+
+def test_a_waiting_request_says_why_it_waits(api, user, make_generation, settings):
+    from django.utils import timezone
+
+    from generation.models import BackendState
+
+    waiting = make_generation(user, Status.QUEUED)
+    body = api.get(detail(waiting.pk)).json()
+    assert body["waiting_reason"]["code"] == "no_backend_reachable" and body["queue_position"] == 1
+    BackendState.objects.create(url=settings.COMFYUI_BACKENDS[0]["url"], last_ok_at=timezone.now())
+    assert api.get(detail(waiting.pk)).json()["waiting_reason"] is None
+    listed = api.get("/api/v1/comfyui/").json()["results"][0]
+    assert listed["id"] == str(waiting.pk) and listed["waiting_reason"] is None
+    assert api.get(detail(make_generation(user, Status.COMPLETED).pk)).json()["waiting_reason"] is None

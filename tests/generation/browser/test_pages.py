@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, RunState
 from generation.states import Status
 from models_registry.models import AvailableModel, ModelType
 from tests.plugins.browser import log_in, screenshot
@@ -219,7 +219,7 @@ def test_every_control_has_a_label(live_server, page, user, models):
         assert page.evaluate(UNLABELLED) == [], path
 
 
-def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models):
+def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models, reachable_backend):
     from generation import states
 
     checkpoint, _ = models
@@ -231,8 +231,9 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
 
     page.goto(f"{live_server.url}/requests/{waiting.pk}/")
     expect(page.get_by_text("position 1 in the queue")).to_be_visible()
-    GenerationRequest.objects.filter(pk=waiting.pk).update(status=Status.RUNNING, current_step=3, total_steps=8,
-                                                           progress=0.375, current_node="KSampler (3)")
+    GenerationRequest.objects.filter(pk=waiting.pk).update(status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request_id=waiting.pk, attempt=1, current_step=3, total_steps=8, progress=0.375,
+                            current_node="KSampler (3)")
     expect(page.get_by_text("Step 3 / 8 · KSampler (3)")).to_be_visible()
     expect(page.get_by_test_id("percent")).to_have_text("38%")
     assert states.transition(waiting.pk, Status.CANCELLED)
@@ -248,3 +249,24 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
     page.goto(f"{live_server.url}/requests/{gone.pk}/")
     GenerationRequest.objects.filter(pk=gone.pk).delete()
     expect(page.get_by_text("This request no longer exists")).to_be_visible()
+
+
+def test_waiting_with_no_reachable_backend_is_said_until_one_answers(live_server, page, user, models, settings):
+    """Not "position 1 in the queue" forever: the card and the Generate page say no backend answers,
+    and the card switches to the queue position by itself once one does."""
+    from django.utils import timezone
+
+    from generation.models import BackendState
+
+    checkpoint, _ = models
+    waiting = stored(user, checkpoint, 1, Status.QUEUED)
+    log_in(page, live_server.url, user)
+    page.goto(f"{live_server.url}/")
+    expect(page.get_by_test_id("no-backend")).to_contain_text("Waiting: no backend is reachable")
+    page.goto(f"{live_server.url}/requests/{waiting.pk}/")
+    expect(page.get_by_test_id("waiting-reason")).to_have_text("Waiting: no backend is reachable")
+    expect(page.get_by_text("position 1 in the queue")).to_have_count(0)
+    screenshot(page, "request-no-backend")
+    BackendState.objects.create(url=settings.COMFYUI_BACKENDS[0]["url"], last_ok_at=timezone.now())
+    expect(page.get_by_text("position 1 in the queue")).to_be_visible()
+    expect(page.get_by_test_id("waiting-reason")).to_have_count(0)

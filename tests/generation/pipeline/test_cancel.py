@@ -1,4 +1,7 @@
-"""Cancel on a real cluster: queued (never reaches ComfyUI), running (interrupted), waiting in ComfyUI's queue."""
+"""Cancel on a real cluster: queued (never reaches ComfyUI), running (interrupted), waiting in ComfyUI's queue.
+
+The cancel itself only writes the decision; a worker's task (and the worker following the job) stop
+the prompt on the backend, and ``backend_stop`` says when that is done."""
 
 import pytest
 
@@ -29,7 +32,8 @@ def test_cancel_while_running_interrupts_comfyui(simulator, cluster_factory, wai
     request, _ = submit_generation(user=user, data=slow(steps=60))
     wait_until(lambda: row_of(request).current_step >= 2, what="sampling started")
     cancelled = cancel_generation(request=row_of(request))
-    assert cancelled.status == "cancelled"
+    assert cancelled.status == "cancelled" and cancelled.backend_stop == "pending"
+    wait_until(lambda: row_of(request).backend_stop == "done", what="stopped on the backend")
     location = wait_until(lambda: (loc := simulator.client().locate(cancelled.comfyui_prompt_id)).state == "finished"
                           and loc, timeout=5, what="interrupt visible in history")
     assert location.history["status"]["status_str"] == "error"
@@ -56,8 +60,8 @@ def test_cancel_while_waiting_in_comfyui_queue(simulator, cluster_factory, wait_
 
     # both are claimed at once; which one ComfyUI runs first depends on which worker submits first
     waiting = wait_until(one_pending_on_comfyui, timeout=15, what="one request pending on ComfyUI")
-    cancel_generation(request=waiting)
-    assert row_of(waiting).status == "cancelled"
+    assert cancel_generation(request=waiting).status == "cancelled"  # decided at once; a worker stops it
+    wait_until(lambda: row_of(waiting).backend_stop == "done", what="stopped on the backend")
     assert waiting.comfyui_prompt_id not in simulator.stats()["pending"]
     location = simulator.client().locate(waiting.comfyui_prompt_id)
     assert location.state == "unknown", (location, simulator.stats())  # deleted, never ran

@@ -35,7 +35,7 @@ def test_batch_of_four_end_to_end(simulator, cluster_factory, wait_for_request, 
     request, _ = submit_generation(user=user, data={**valid_params, "batch_size": 4})
     row = wait_for_request(request.pk, "completed", "failed", timeout=20)
     assert row.status == "completed", row.error
-    assert row.progress == 1.0 and row.attempts == 1 and row.error == "" and row.heartbeat_at is None
+    assert row.progress == 1.0 and row.attempts == 1 and row.error == "" and row.run.heartbeat_at is None
     assert row.graph["9"]["inputs"]["filename_prefix"] == f"genonaut/{row.pk}_a1"
     assert row.graph["5"]["inputs"]["batch_size"] == 4
     _check_files(row, user, 4)
