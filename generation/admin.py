@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from generation.login_guard import LoginCounter
 from generation.models import BackendState, GenerationRequest
+from generation.workflows import all_workflows
 
 
 def _pretty_json(value):
@@ -37,11 +38,42 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class BackendFilter(admin.SimpleListFilter):
+    """Backends known from their state rows (every backend ever configured), not a DISTINCT over history."""
+
+    title = "backend"
+    parameter_name = "backend"
+    NONE = "none"
+
+    def lookups(self, request, model_admin):
+        return [*((url, url) for url in BackendState.objects.order_by("url").values_list("url", flat=True)),
+                (self.NONE, "never dispatched")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(backend="" if value == self.NONE else value)
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    """Workflows from the registry, not a DISTINCT over history."""
+
+    title = "workflow"
+    parameter_name = "workflow_slug"
+
+    def lookups(self, request, model_admin):
+        return [(workflow.slug, workflow.name) for workflow in all_workflows()]
+
+    def queryset(self, request, queryset):
+        return queryset if self.value() is None else queryset.filter(workflow_slug=self.value())
+
+
 @admin.register(GenerationRequest)
 class GenerationRequestAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "status", "workflow_slug", "short_prompt", "checkpoint_model", "backend",
                     "progress_percent", "attempts", "created_at", "finished_at")
-    list_filter = ("status", "workflow_slug", "backend", ("created_at", admin.DateFieldListFilter))
+    list_filter = ("status", WorkflowFilter, BackendFilter, ("created_at", admin.DateFieldListFilter))
     list_select_related = ("user",)
     search_fields = ("prompt", "user__username", "user__email", "comfyui_prompt_id")
     date_hierarchy = "created_at"
