@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from generation import backends, enqueue, lifecycle
+from generation import backends, enqueue, lifecycle, metrics
 from generation.comfyui import events as ev
 from generation.comfyui.client import Location
 from generation.comfyui.errors import (
@@ -244,10 +244,12 @@ class JobRunner:
     def follow(self, events, graph):
         """Write progress and heartbeats until the prompt ends; return the terminal event."""
         weights = self.request.workflow.progress_weights(graph)
+        loads = metrics.CheckpointLoadTimer(self.job.backend, graph)
         done = {}  # node id -> fraction of it done (1.0 finished)
         running_node = None
         interval = settings.GENERATION["HEARTBEAT_SECONDS"]
         for event in events.follow(self.job.prompt_id, idle_interval=interval):
+            loads.see(event)
             if timezone.now() >= self.request.deadline_at:
                 raise DeadlineExceeded
             if isinstance(event, ev.TERMINAL):
