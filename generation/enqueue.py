@@ -12,8 +12,10 @@ import datetime
 import hashlib
 
 from django.conf import settings
+from django.db.models import Count
 from django.utils import timezone
 from django_q.brokers import get_broker
+from django_q.conf import Conf
 from django_q.tasks import async_task
 
 DISPATCH = "generation.tasks.dispatch"
@@ -32,6 +34,13 @@ def queue(role):
 
 def queue_sizes():
     """``{role: tasks waiting in its queue}`` (raises what the broker raises when it does not answer)."""
+    if Conf.ORM:  # one query for every queue (what the ORM broker's queue_size counts, per queue)
+        from django_q.models import OrmQ
+
+        counts = dict(OrmQ.objects.using(Conf.ORM).filter(key__in=list(settings.Q_QUEUES.values()),
+                                                          lock__lte=timezone.now())
+                      .values("key").annotate(n=Count("*")).values_list("key", "n"))
+        return {role: counts.get(name, 0) for role, name in settings.Q_QUEUES.items()}
     return {role: get_broker(name).queue_size() or 0 for role, name in settings.Q_QUEUES.items()}
 
 

@@ -97,6 +97,8 @@ class GenerationRequest(models.Model):
             # dispatcher: which requirement sets the queued requests need
             models.Index(fields=["requirements", "created_at"], name="genreq_queued_req_idx",
                          condition=Q(status="queued")),
+            # the admin's request list, newest first over everyone's history
+            models.Index(fields=["-created_at"], name="genreq_created_idx"),
             # operators: each backend's last hour and recent failures (Backends page, API) without a history scan
             models.Index(fields=["backend", "status", "finished_at"], name="genreq_backend_finished_idx",
                          condition=Q(finished_at__isnull=False)),

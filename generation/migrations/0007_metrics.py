@@ -22,6 +22,10 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='generationrequest',
+            index=models.Index(fields=['-created_at'], name='genreq_created_idx'),
+        ),
+        migrations.AddIndex(
+            model_name='generationrequest',
             index=models.Index(condition=models.Q(('finished_at__isnull', False)), fields=['backend', 'status', 'finished_at'], name='genreq_backend_finished_idx'),
         ),
         migrations.AddIndex(
