@@ -140,8 +140,10 @@ def test_retention_clears_the_oldest_first_along_its_index(one_backend, user, se
     cleared = set(GenerationRequest.objects.filter(outputs=[]).values_list("finished_at", flat=True))
     assert cleared == {rows[1].finished_at, rows[3].finished_at}  # 5 and 4 days old
     select = next(q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT"))
-    with connection.cursor() as cursor:
+    with connection.cursor() as cursor:  # tiny tables get any plan: price out the others to see this one is there
         cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute("EXPLAIN " + select)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "genreq_retention_idx" in plan and "Sort" not in plan, plan
+    # its predicate is implied by the query, and it hands rows over oldest first: no sort, no scan of cleared rows
+    assert "Index Scan using genreq_retention_idx" in plan and "Sort" not in plan, plan
