@@ -155,7 +155,7 @@ class GenerateForm:
 
     @property
     def workflows(self):
-        return all_workflows()
+        return all_workflows(self.ctx.user)
 
     @property
     def size_presets(self):

@@ -92,9 +92,9 @@ def _status_context(generation):
             "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
 
 
-def _workflow_or_default(slug):
+def _workflow_or_default(slug, user):
     try:
-        return get_workflow(slug or DEFAULT_WORKFLOW)
+        return get_workflow(slug or DEFAULT_WORKFLOW, user=user)
     except UnknownWorkflow:
         return get_workflow(DEFAULT_WORKFLOW)
 
@@ -124,7 +124,8 @@ def generate(request):
     """The Generate form for one workflow; a valid POST stores the request and goes to its live card."""
     status = 200
     if request.method == "POST":
-        form = GenerateForm(_workflow_or_default(request.POST.get("workflow")), request.POST, user=request.user)
+        workflow = _workflow_or_default(request.POST.get("workflow"), request.user)
+        form = GenerateForm(workflow, request.POST, user=request.user)
         if not _take_uploads(request, form):
             status = 400
         else:
@@ -150,7 +151,7 @@ def generate(request):
             except UnknownWorkflow:
                 source = None
         if source is None:
-            form = GenerateForm(_workflow_or_default(request.GET.get("workflow")), user=request.user)
+            form = GenerateForm(_workflow_or_default(request.GET.get("workflow"), request.user), user=request.user)
             _use_as_input(request, form)
     form.previews = _input_previews(request.user, form)
     return render(request, "generation/generate.html",
