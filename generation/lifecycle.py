@@ -26,7 +26,7 @@ def transition(request_id, to, **kwargs):
         transaction.on_commit(lambda: request_changed(request_id, to))
         requeued = to == Status.QUEUED and set(kwargs.get("expect") or ()) == {Status.RUNNING}
         transaction.on_commit(partial(metrics.record_transition, request_id, to, requeued=requeued,
-                                      error_detail=kwargs.get("error_detail")))
+                                      error_detail=kwargs.get("error_detail")), robust=True)
     return won
 
 

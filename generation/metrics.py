@@ -21,7 +21,7 @@ import time
 from bisect import bisect_left
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Min
 from django.http import Http404, HttpResponse, HttpResponseForbidden
 from django.utils import timezone
@@ -98,11 +98,11 @@ def observe(name, value, labels=None):
 
 
 def _recorded(function):
-    """Counting must never break the work it counts: a failed counter write is logged and dropped."""
+    """Counting must never break the work it counts: any failure to count is logged and dropped."""
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except DatabaseError:
+        except Exception:  # a lost count is better than a job that fails (or a completion undone) over it
             logger.exception("could not record a metric (%s)", function.__name__)
     wrapper.__name__ = function.__name__
     wrapper.__doc__ = function.__doc__

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,12 +128,11 @@ def test_a_lost_race_counts_nothing(make_generation, user, django_capture_on_com
     assert callbacks == [] and not MetricCounter.objects.exists()
 
 
-def test_a_failing_counter_write_never_breaks_the_transition(make_generation, user, monkeypatch,
+@pytest.mark.parametrize("error", [DatabaseError("counter table locked"), RuntimeError("a bug in counting")])
+def test_a_failing_counter_write_never_breaks_the_transition(make_generation, user, monkeypatch, error,
                                                             django_capture_on_commit_callbacks):
-    from django.db import DatabaseError
-
     def broken(*args, **kwargs):
-        raise DatabaseError("counter table locked")
+        raise error
 
     monkeypatch.setattr(metrics, "_add", broken)
     request = make_generation(user, Status.RUNNING)
