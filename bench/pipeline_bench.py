@@ -112,9 +112,8 @@ class Harness:
         import uuid
 
         from django.conf import settings
-        from django_q.conf import Conf
 
-        from tests.plugins.cluster import _ENV_NAMES, Cluster, database_url
+        from tests.plugins.cluster import _ENV_NAMES, Cluster, database_url, use_queues
 
         self.cluster_down()
         backends = [{"url": s.url, "capacity": capacity} for s in self.simulators]
@@ -130,9 +129,7 @@ class Harness:
                "MEDIA_ROOT": os.environ["MEDIA_ROOT"], "PYTHONUNBUFFERED": "1"}
         for key, value in overrides.items():
             env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
-        Conf.CLUSTER_NAME = Conf.PREFIX = name
-        if self.redis_url:
-            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, self.redis_url, None
+        use_queues(name, redis_url=self.redis_url)  # this process enqueues where the clusters consume
         log = tempfile.NamedTemporaryFile(prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         self.cluster = Cluster(env, log.name).start()

@@ -317,14 +317,14 @@ class Soak:
             problems.append(f"{len(orphans)} orphan files on storage, e.g. {sorted(orphans)[:3]}")
         if missing:
             problems.append(f"{len(missing)} referenced files missing, e.g. {sorted(missing)[:3]}")
-        alive = [c.pid for c in self.clusters if _group_alive(c.pid)]
+        alive = [pid for c in self.clusters for pid in c.pids if _group_alive(pid)]
         if alive:
             problems.append(f"cluster processes still alive: {alive}")
 
         try:
             from django_q.brokers import get_broker
 
-            broker_left = get_broker().queue_size()  # wake-ups never consumed: a backlog delays resumes
+            broker_left = get_broker().queue_size()  # dispatch wake-ups never consumed (the jobs queue)
         except Exception as exc:
             broker_left = f"unknown ({exc.__class__.__name__})"
         elapsed = self.drained_at - self.t0

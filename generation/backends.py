@@ -12,8 +12,10 @@ a safety net.
 
 import logging
 from datetime import timedelta
+from itertools import chain
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -198,24 +200,23 @@ def backend_overview(*, recent_failures=5):
     ``free_slots``, ``loaded_checkpoint``, ``jobs_completed`` / ``jobs_failed`` (all time),
     ``completed_last_hour`` / ``failed_last_hour``, ``recent_failures`` (newest first:
     ``{"request_id", "finished_at", "error"}``).
+
+    Costs four queries and none grows with history: running rows come from their partial index, the
+    last hour and the recent failures from ``genreq_backend_finished_idx`` (backend, status, finished_at).
     """
     rows = sync_backends()
     urls = [row.url for row in rows]
-    since = timezone.now() - RECENT
     running = {row["backend"]: row for row in GenerationRequest.objects.filter(
         status=Status.RUNNING, backend__in=urls).values("backend").annotate(
         n=Count("id"), storing=Count("id", filter=Q(executed_at__isnull=False)),
         executing=Count("id", filter=Q(executed_at__isnull=True) & (Q(run__current_node__gt="")
                                                                     | Q(run__progress__gt=0))))}
-    recent = {row["backend"]: row for row in GenerationRequest.objects.filter(
-        backend__in=urls, finished_at__gte=since).values("backend").annotate(
-        completed=Count("id", filter=Q(status=Status.COMPLETED)), failed=Count("id", filter=Q(status=Status.FAILED)))}
+    last_hour = finished_since(timezone.now() - RECENT, urls=urls)
+    failures = recent_failures_of(urls, limit=recent_failures)
     overview = []
     for row in rows:
         counts = running.get(row.url, {"n": 0, "executing": 0, "storing": 0})
         on_backend = counts["n"] - counts["storing"]
-        failures = GenerationRequest.objects.filter(backend=row.url, status=Status.FAILED).exclude(
-            finished_at__isnull=True).order_by("-finished_at").values("id", "finished_at", "error")[:recent_failures]
         overview.append({
             "url": row.url,
             "healthy": row.is_healthy,
@@ -233,9 +234,36 @@ def backend_overview(*, recent_failures=5):
             "loaded_checkpoint": row.loaded_checkpoint,
             "jobs_completed": row.jobs_completed,
             "jobs_failed": row.jobs_failed,
-            "completed_last_hour": recent.get(row.url, {}).get("completed", 0),
-            "failed_last_hour": recent.get(row.url, {}).get("failed", 0),
-            "recent_failures": [{"request_id": str(f["id"]), "finished_at": f["finished_at"], "error": f["error"]}
-                                for f in failures],
+            "completed_last_hour": last_hour.get((row.url, Status.COMPLETED), 0),
+            "failed_last_hour": last_hour.get((row.url, Status.FAILED), 0),
+            "recent_failures": failures.get(row.url, []),
         })
     return overview
+
+
+def finished_since(since, *, urls):
+    """``{(backend url, status): n}`` of requests completed or failed on ``urls`` since ``since``:
+    one index range per (backend, status) pair, so it costs what the window holds, not the history."""
+    counts = (GenerationRequest.objects.filter(backend__in=urls, status__in=[Status.COMPLETED, Status.FAILED],
+                                               finished_at__gte=since)
+              .order_by().values("backend", "status").annotate(n=Count("*")).values_list("backend", "status", "n"))
+    return {(backend, status): n for backend, status, n in counts}
+
+
+def recent_failures_of(urls, *, limit=5):
+    """``{backend url: [{"request_id", "finished_at", "error"}, …]}``, newest first, at most ``limit`` each:
+    one index scan per backend (a single UNION ALL query where the database allows sliced parts)."""
+    failed = GenerationRequest.objects.filter(status=Status.FAILED, finished_at__isnull=False)
+    parts = [failed.filter(backend=url).order_by("-finished_at").values_list("backend", "id", "finished_at", "error")
+             [:limit] for url in urls]
+    if len(parts) > 1 and connection.features.supports_slicing_ordering_in_compound:
+        rows = parts[0].union(*parts[1:], all=True)
+    else:
+        rows = chain.from_iterable(parts)
+    result = {}
+    for backend, request_id, finished_at, error in rows:
+        result.setdefault(backend, []).append({"request_id": str(request_id), "finished_at": finished_at,
+                                               "error": error})
+    for failures in result.values():  # a union keeps no order between its parts' rows
+        failures.sort(key=lambda failure: failure["finished_at"], reverse=True)
+    return result

@@ -1,16 +1,18 @@
 """Status changes with their consequences: the actions' way into the state machine.
 
 :mod:`generation.states` only decides (one conditional UPDATE, a winner); this module runs what
-follows a change once the transaction commits: a finished request's webhook is queued. Every
+follows a change once the transaction commits: a finished request's webhook is queued, and the change is
+counted for ``/metrics`` (:func:`generation.metrics.record_transition`). Every
 actor that changes a status (services, dispatcher, runner, reconciler) goes through
 :func:`transition`, so no consequence is forgotten and the state machine depends on nothing.
 """
 
 import logging
+from functools import partial
 
 from django.db import transaction
 
-from generation import states
+from generation import metrics, states
 from generation.states import TERMINAL, Status
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,9 @@ def transition(request_id, to, **kwargs):
     if won:
         to = Status(to)
         transaction.on_commit(lambda: request_changed(request_id, to))
+        requeued = to == Status.QUEUED and set(kwargs.get("expect") or ()) == {Status.RUNNING}
+        transaction.on_commit(partial(metrics.record_transition, request_id, to, requeued=requeued,
+                                      error_detail=kwargs.get("error_detail")), robust=True)
     return won
 
 

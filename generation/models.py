@@ -109,6 +109,13 @@ class GenerationRequest(models.Model):
                          condition=Q(status="queued", requirements__isnull=False)),
             models.Index(fields=["user", "created_at", "id"], name="genreq_queued_user_idx",
                          condition=Q(status="queued")),
+            # the admin's request list, newest first over everyone's history
+            models.Index(fields=["-created_at"], name="genreq_created_idx"),
+            # operators: each backend's last hour and recent failures (Backends page, API) without a history scan
+            models.Index(fields=["backend", "status", "finished_at"], name="genreq_backend_finished_idx",
+                         condition=Q(finished_at__isnull=False)),
+            # retention: the oldest finished requests that still have files (cleared rows leave the index)
+            models.Index(fields=["finished_at"], name="genreq_retention_idx", condition=~Q(outputs=[], thumbnails=[])),
         ]
 
     def __str__(self):
@@ -303,6 +310,27 @@ class DispatchTurn(models.Model):
 
     def __str__(self):
         return f"{self.user_id} last dispatched {self.last_dispatched_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MetricCounter(models.Model):
+    """One event counter for ``/metrics`` (:mod:`generation.metrics`): what the request rows do not keep
+    (checkpoint loads, requeues, webhook deliveries, histograms of waits).
+
+    A row per metric and label set, incremented where the event happens (never on the per-progress path),
+    so counts survive restarts and add up across every worker host. Histograms keep one row per bucket
+    (``le`` among the labels), ``total`` holding the sum of the values observed into it.
+    """
+
+    name = models.CharField(max_length=64)
+    labels = models.CharField(max_length=512, default="{}", help_text="The label set as canonical JSON")
+    count = models.BigIntegerField(default=0)
+    total = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metriccounter_unique")]
+
+    def __str__(self):
+        return f"{self.name}{self.labels} = {self.count}"
 
 
 class WorkflowTemplate(models.Model):

@@ -132,8 +132,9 @@ def apply_retention(now=None):
         return 0
     now = now or timezone.now()
     cutoff = now - timedelta(days=days)
+    # oldest first, along genreq_retention_idx (which holds only rows that still have files)
     old = (GenerationRequest.objects.filter(status__in=sorted(TERMINAL), finished_at__lt=cutoff)
-           .exclude(outputs=[], thumbnails=[])[:RETENTION_BATCH])
+           .exclude(outputs=[], thumbnails=[]).order_by("finished_at")[:RETENTION_BATCH])
     count = 0
     for request in old:
         if delete_request_files(request) == 0:

@@ -30,7 +30,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from generation import backends, enqueue, lifecycle
+from generation import backends, enqueue, lifecycle, metrics
 from generation.comfyui import events as ev
 from generation.comfyui.client import Location
 from generation.comfyui.errors import (
@@ -325,12 +325,14 @@ class JobRunner:
         ComfyUI says the prompt is running (waiting in its own queue is not a stall; without a
         socket we cannot see progress, so that time does not count)."""
         weights = self.request.workflow.progress_weights(graph)
+        loads = metrics.CheckpointLoadTimer(self.job.backend, graph)
         done = {}  # node id -> fraction of it done (1.0 finished)
         running_node = None
         interval = settings.GENERATION["HEARTBEAT_SECONDS"]
         stall_seconds = settings.GENERATION["STALL_SECONDS"]
         last_activity = time.monotonic()
         for event in events.follow(self.job.prompt_id, idle_interval=interval):
+            loads.see(event)
             if timezone.now() >= self.request.deadline_at:
                 raise DeadlineExceeded
             if isinstance(event, ev.TERMINAL):

@@ -2,11 +2,11 @@
 
 Every task is idempotent: a wake-up that finds no free slot or no queued work returns, and a
 re-delivered ``resume`` whose lease no longer matches the row does nothing. They are enqueued
-only through :mod:`generation.enqueue`, the one module that names them:
+only through :mod:`generation.enqueue`, the one module that names them and picks each one's queue:
 
 - ``dispatch``: claim the next (request, backend) pair and run that job here.
 - ``resume``: re-attach to a running job whose worker died (sent by the reconciler).
-- ``watch_backend``: wait out a down backend's backoff, probe it, wake workers.
+- ``probe_backend``: a down backend's probe, scheduled for when its backoff expires; wakes workers.
 - ``reconcile``: the every-minute safety net (``manage.py setup_schedules``).
 - ``deliver_webhook``: POST a finished request's signed webhook.
 - ``stop_cancelled``: stop a cancelled request's prompt on its backend (cancel writes only the decision).
@@ -15,7 +15,6 @@ only through :mod:`generation.enqueue`, the one module that names them:
 import logging
 import time
 
-from django.conf import settings
 from django.utils import timezone
 
 from generation import backends, enqueue
@@ -69,15 +68,13 @@ def _wake_after(ending):
         enqueue.send_wakeups(1)
 
 
-def watch_backend(url):
-    """Sleep until ``url``'s backoff expires, probe it; back → wake a worker per free slot,
-    still down → watch again (while work is waiting; otherwise the reconciler probes it)."""
+def probe_backend(url):
+    """A down backend's scheduled probe (``enqueue.watch_backend``): back → wake a worker per free slot;
+    still down → probe again when its new backoff expires, while work is waiting (otherwise the
+    reconciler's every-minute probe is enough)."""
     state = BackendState.objects.filter(url=url).first()
     if state is None or state.is_healthy:
         return "healthy"
-    if state.down_until:
-        wait = (state.down_until - timezone.now()).total_seconds()
-        time.sleep(min(max(0.0, wait), settings.GENERATION["BACKEND_BACKOFF_MAX_SECONDS"]))
     if backends.probe(url):
         enqueue.wake_dispatcher(backends.free_slots())
         return "back"

@@ -19,7 +19,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 
-from generation import enqueue, netguard
+from generation import enqueue, metrics, netguard
 from generation.netguard import FetchFailed, UrlRefused, check_public_url
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def deliver_webhook(request_id, attempt=1):
         checked = check_public_url(request.webhook_url, allow_private=settings.GENERATION["WEBHOOK_ALLOW_PRIVATE"])
     except UrlRefused as exc:
         logger.warning("webhook for %s refused at delivery: %s", request_id, exc)
+        metrics.record_webhook("gave_up")
         return "gave_up"
     body = webhook_body(request)
     headers = {
@@ -120,13 +121,16 @@ def deliver_webhook(request_id, attempt=1):
     if problem is None:
         GenerationRequest.objects.filter(pk=request_id, webhook_delivered_at__isnull=True).update(
             webhook_delivered_at=timezone.now())
+        metrics.record_webhook("delivered")
         return "delivered"
     if attempt >= settings.GENERATION["WEBHOOK_MAX_ATTEMPTS"]:
         logger.warning("webhook for %s failed on attempt %s (%s); giving up", request_id, attempt, problem)
+        metrics.record_webhook("gave_up")
         return "gave_up"
     delay = backoff_seconds(attempt)
     logger.info("webhook for %s failed on attempt %s (%s); retrying in %ss", request_id, attempt, problem, delay)
     enqueue.schedule_webhook_retry(request_id, attempt=attempt + 1, delay=delay)
+    metrics.record_webhook("retry")
     return "retry"
 
 

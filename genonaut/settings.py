@@ -267,7 +267,7 @@ if BEHIND_TLS_PROXY and TRUSTED_PROXY_COUNT < 1:
                                "to X-Forwarded-For), or every client would share the proxy's address")
 if not BEHIND_TLS_PROXY and TRUSTED_PROXY_COUNT:
     raise ImproperlyConfigured("TRUSTED_PROXY_COUNT is only read behind a proxy: set BEHIND_TLS_PROXY=1 too")
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 X_FRAME_OPTIONS = "DENY"
 # Pages load scripts, styles, images and fonts from this site only (genonaut.csp adds the storage's
 # origin to img-src when images are served from S3 by signed-URL redirects).
@@ -374,17 +374,44 @@ GENERATION = {
     "THUMBNAIL_SIZES": {"small": 128, "medium": 384, "large": 768},
 }
 
-# --- Django-Q2 ------------------------------------------------------------------------------
+# --- Django-Q2: a cluster per role, each consuming its own queue ---------------------------------------
+
+def queues_for(site):
+    """``{role: queue}`` of the site named ``site`` (``Q_CLUSTER_NAME``)."""
+    return {"jobs": f"{site}-jobs", "housekeeping": site, "webhooks": f"{site}-webhooks"}
+
 
 REDIS_URL = env_str("REDIS_URL")
-_q_timeout = GENERATION["JOB_DEADLINE_SECONDS"] + 120
+_q_name = env_str("Q_CLUSTER_NAME", "genonaut")
+# Job work (dispatch: one worker per running job), housekeeping (reconcile, resume, backend probes,
+# registry jobs) and webhook delivery each have a queue and a cluster of their own, so slow webhooks or a
+# long registry job never hold up a dispatch or a recovery. Housekeeping keeps the site's name: Django-Q
+# runs a schedule that names no cluster in the cluster called like the site (docs/deploy.md § 6).
+Q_QUEUES = queues_for(_q_name)
+Q_ROLE = env_str("Q_ROLE", "jobs")  # which queue `manage.py qcluster` serves
+if Q_ROLE not in Q_QUEUES:
+    raise ImproperlyConfigured(f"Q_ROLE must be one of {', '.join(Q_QUEUES)}, got {Q_ROLE!r}")
+_job_timeout = GENERATION["JOB_DEADLINE_SECONDS"] + 120
+Q_ROLE_OPTIONS = {
+    # one worker per job the backends may hold, plus two: a job storing its images has already freed its slot
+    "jobs": {"workers": env_int("Q_WORKERS", sum(b["capacity"] for b in COMFYUI_BACKENDS) + 2),
+             "timeout": _job_timeout},
+    # a resumed job holds its worker until the job ends, as a dispatched one does; hashing reads whole files
+    "housekeeping": {"workers": env_int("Q_HOUSEKEEPING_WORKERS", 4), "timeout": _job_timeout},
+    # a delivery ends within 2 × WEBHOOK_TIMEOUT (netguard's total cap)
+    "webhooks": {"workers": env_int("Q_WEBHOOK_WORKERS", 4), "timeout": int(2 * GENERATION["WEBHOOK_TIMEOUT"]) + 30},
+}
+for _variable, _role in (("Q_WORKERS", "jobs"), ("Q_HOUSEKEEPING_WORKERS", "housekeeping"),
+                         ("Q_WEBHOOK_WORKERS", "webhooks")):
+    if Q_ROLE_OPTIONS[_role]["workers"] < 1:
+        raise ImproperlyConfigured(f"{_variable} must be at least 1")
 Q_CLUSTER = {
-    "name": env_str("Q_CLUSTER_NAME", "genonaut"),
-    # one worker per job the backends may hold, plus two for watch_backend/reconcile/webhooks
-    "workers": env_int("Q_WORKERS", max(4, sum(b["capacity"] for b in COMFYUI_BACKENDS) + 2)),
-    "timeout": _q_timeout,
+    "name": _q_name,
+    "cluster_name": Q_QUEUES[Q_ROLE],
+    "workers": Q_ROLE_OPTIONS[Q_ROLE]["workers"],
+    "timeout": Q_ROLE_OPTIONS[Q_ROLE]["timeout"],
     # retry counts from dequeue, prefetch included, so it must clear timeout with room to spare.
-    "retry": _q_timeout + 300,
+    "retry": Q_ROLE_OPTIONS[Q_ROLE]["timeout"] + 300,
     "max_attempts": 3,
     "queue_limit": env_int("Q_QUEUE_LIMIT", 4),
     "bulk": 1,
@@ -401,6 +428,9 @@ else:
     if DATABASES["default"]["ENGINE"].endswith("postgresql") and not env_bool("DATABASE_TRANSACTION_POOLING"):
         # wakes the pusher by NOTIFY instead of its poll (LISTEN needs a direct connection, not PgBouncer's)
         Q_CLUSTER["broker_class"] = "generation.broker.NotifyingORM"
+
+# /metrics (generation/metrics.py): readable by staff, and by a scraper sending "Authorization: Bearer <this>"
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # Throttle and login counters live in the database (generation/throttling.py, login_guard.py), so they
 # hold across web processes with or without Redis; the cache only speeds things up.

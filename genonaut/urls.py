@@ -1,4 +1,4 @@
-"""Top-level routes: the UI, the API (v1), the schema and docs, admin, health."""
+"""Top-level routes: the UI, the API (v1), the schema and docs, admin, health, metrics."""
 
 from django.contrib import admin
 from django.contrib.auth.views import LoginView
@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from generation.api.views import not_found as api_not_found
 from generation.login_guard import GuardedAdminAuthenticationForm, GuardedAuthenticationForm
+from generation.metrics import metrics_view
 from genonaut import api_docs, health
 
 # both login pages say when the login guard refused (generation/login_guard.py)
@@ -24,5 +25,6 @@ urlpatterns = [
     re_path(r"^api[\s\S]*$", api_not_found),  # /api.json, /api/v1.json, /api/v2/…: the API's JSON 404
     path("healthz", health.liveness, name="healthz"),
     path("readyz", health.readiness, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("generation.urls")),
 ]

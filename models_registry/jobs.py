@@ -33,8 +33,9 @@ DETAIL_ITEMS = 200  # names kept per list in a refresh's details; the summary ha
 
 
 def abandoned_after():
-    """How long an unfinished job may take: Django-Q kills any task running longer than its ``timeout``."""
-    return timedelta(seconds=settings.Q_CLUSTER["timeout"])
+    """How long an unfinished job may take: the housekeeping cluster kills any task running longer than its
+    ``timeout``."""
+    return timedelta(seconds=settings.Q_ROLE_OPTIONS["housekeeping"]["timeout"])
 
 
 def is_abandoned(job, *, now=None):

@@ -1,20 +1,22 @@
 """Django-Q tasks for registry work staff ask for in the admin (thin: the work is in ``jobs``).
 
-This module is the one place registry work is handed to the broker.
+This module is the one place registry work is handed to the broker: the housekeeping queue, so a long
+refresh or hash never waits behind (or holds up) generation jobs.
 """
 
+from django.conf import settings
 from django_q.tasks import async_task
 
 from models_registry import jobs
 
 
 def enqueue_refresh(job_id):
-    async_task(refresh_registry, job_id)
+    async_task(refresh_registry, job_id, cluster=settings.Q_QUEUES["housekeeping"])
 
 
 def enqueue_hashes(job_ids):
     if job_ids:
-        async_task(hash_models, list(job_ids))
+        async_task(hash_models, list(job_ids), cluster=settings.Q_QUEUES["housekeeping"])
 
 
 def refresh_registry(job_id):

@@ -5,7 +5,8 @@
 #   HOST (127.0.0.1) and PORT (8000): where the web server listens. SIMULATOR_PORT (8188).
 #   GENONAUT_DATA_DIR (var/): database, media, admin password, logs (one folder per run), pid file.
 # One instance per data folder: a second run refuses before it changes anything.
-# Ctrl-C (or SIGTERM) stops everything this script started: web server, worker cluster, simulator.
+# Ctrl-C (or SIGTERM) stops everything this script started: web server, worker clusters (one per queue:
+# jobs, housekeeping, webhooks — as in production), simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,7 @@ URL="http://$LOCAL_HOST:$PORT/"
 if [ -z "${ALLOWED_HOSTS:-}" ] && [ "$LOCAL_HOST" != 127.0.0.1 ] && [ "$LOCAL_HOST" != localhost ]; then
   export ALLOWED_HOSTS="localhost,127.0.0.1,[::1],$LOCAL_HOST"
 fi
-PID_FILE="$DATA_DIR/run.pid"  # line 1: "<pid> <url>"; then "<name> <pid>" per process started
+PID_FILE="$DATA_DIR/run.pid"  # line 1: "<pid> <url>"; then "<pid> <name>" per process started
 
 # --- refuse early: nothing below this block runs while another instance holds the data folder ---
 port_in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -42,8 +43,8 @@ instance_check() {
   if alive "$pid" && ps -o args= -p "$pid" 2>/dev/null | grep -q "run.sh"; then
     fail "Genonaut is already running from $DATA_DIR/ (pid $pid, ${url:-?}); stop it first (Ctrl-C in its terminal, or kill $pid)"
   fi
-  while read -r name child; do
-    if alive "$child" && ps -o args= -p "$child" 2>/dev/null | grep -q "manage.py"; then leftovers+=" $name=$child"; fi
+  while read -r child name; do
+    if alive "$child" && ps -o args= -p "$child" 2>/dev/null | grep -q "manage.py"; then leftovers+=" ${name// /-}=$child"; fi
   done < <(tail -n +2 "$PID_FILE")
   [ -z "$leftovers" ] || fail "processes of an earlier run that was killed are still running ($leftovers); stop them first (kill <pid>)"
   rm -f "$PID_FILE"  # stale: that run and everything it started are gone
@@ -61,6 +62,7 @@ read -r owner _ < "$PID_FILE"; [ "$owner" = "$$" ] || fail "another run.sh claim
 
 # --- from here on this run owns the folder; everything it starts is stopped on exit ---
 names=(); pids=()
+ROLES=(jobs housekeeping webhooks)
 RUN_ID="$(date +%Y%m%d-%H%M%S)-$$"
 LOG_DIR="$DATA_DIR/log/$RUN_ID"
 mkdir -p "$LOG_DIR"
@@ -83,15 +85,35 @@ stop_one() {
   kill -KILL -- "-$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+# stop_clusters SECONDS: SIGTERM to every worker cluster at once (each stops its own workers in order),
+# wait until all have ended, then kill what is left of their groups
+stop_clusters() {
+  local role pid left
+  for role in "${ROLES[@]}"; do pid=$(pid_of "$role cluster"); if alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi; done
+  for _ in $(seq 1 $(( $1 * 10 ))); do
+    left=""; for role in "${ROLES[@]}"; do if alive "$(pid_of "$role cluster")"; then left=1; fi; done
+    [ -z "$left" ] && break; sleep 0.1
+  done
+  for role in "${ROLES[@]}"; do
+    pid=$(pid_of "$role cluster"); [ -n "$pid" ] || continue
+    if alive "$pid"; then
+      echo "run.sh: the $role cluster did not stop within $1 s; killed it — a task was still running; the reconciler picks its job up on the next start" >&2
+    fi
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
 stop_all() {
   local status=$?
   trap - EXIT
   trap '' INT TERM  # stopping is bounded (about 30 s at most); a second Ctrl-C must not orphan the rest
   [ "${#pids[@]}" -gt 0 ] && echo "Stopping Genonaut …"
-  # web first (no new submissions), then the cluster (running jobs hand over), the simulator last
+  # web first (no new submissions), then the clusters (running jobs hand over), the simulator last
   stop_one "web server" 5
-  stop_one "worker cluster" 20 "a job was still running; the reconciler picks it up on the next start"
-  if grep -q "has stopped" "$LOG_DIR/worker.log" 2>/dev/null; then echo "Worker cluster stopped."; fi
+  stop_clusters 20
+  local stopped=0 role
+  for role in "${ROLES[@]}"; do grep -q "has stopped" "$LOG_DIR/worker-$role.log" 2>/dev/null && stopped=$((stopped + 1)); done
+  [ "$stopped" -gt 0 ] && [ "$stopped" -eq "${#ROLES[@]}" ] && echo "Worker clusters stopped."
   stop_one simulator 5
   read -r owner _ 2>/dev/null < "$PID_FILE" && [ "$owner" = "$$" ] && rm -f "$PID_FILE"
   exit "$status"
@@ -104,7 +126,7 @@ start() {
   local name="$1" log="$2"; shift 2
   if [ "$log" = - ]; then setsid "$@" & else setsid "$@" > "$log" 2>&1 & fi
   names+=("$name"); pids+=($!)
-  echo "$name $!" >> "$PID_FILE"
+  echo "$! $name" >> "$PID_FILE"
 }
 # wait_for NAME LOG SECONDS CONDITION…: until CONDITION holds; if NAME exits first, fail with its
 # log's last line (LOG "-": its output went to the terminal, above)
@@ -154,9 +176,14 @@ fi
   || echo "run.sh: refresh_models could not reach every source: $(last_line "$LOG_DIR/setup.log") (log: $LOG_DIR/setup.log)"
 step "creating the schedules" $PY manage.py setup_schedules
 
-start "worker cluster" "$LOG_DIR/worker.log" $PY manage.py qcluster
-wait_for "worker cluster" "$LOG_DIR/worker.log" 60 grep -q " running\." "$LOG_DIR/worker.log" \
-  || echo "run.sh: the worker cluster has not said it is running after 60 s; carrying on (log: $LOG_DIR/worker.log)"
+# one cluster per queue, as in production (docs/deploy.md § 6): jobs never wait behind webhooks or housekeeping
+for role in "${ROLES[@]}"; do
+  Q_ROLE=$role start "$role cluster" "$LOG_DIR/worker-$role.log" $PY manage.py qcluster
+done
+for role in "${ROLES[@]}"; do
+  wait_for "$role cluster" "$LOG_DIR/worker-$role.log" 60 grep -q " running\." "$LOG_DIR/worker-$role.log" \
+    || echo "run.sh: the $role cluster has not said it is running after 60 s; carrying on (log: $LOG_DIR/worker-$role.log)"
+done
 
 answers() { $PY -c 'import sys, urllib.request, urllib.error
 try:  # no proxy: the server is on this machine
@@ -171,7 +198,8 @@ wait_for "web server" - 60 answers || fail "the web server did not answer at $UR
 echo
 echo "Genonaut is running at $URL"
 echo "  log in as: admin / $ADMIN_PASSWORD   (admin: ${URL}admin/, API: ${URL}api/v1/)"
-echo "  logs: $LOG_DIR/ (worker.log, simulator.log, setup.log) — Ctrl-C stops everything"
+echo "  logs: $LOG_DIR/ (worker-jobs.log, worker-housekeeping.log, worker-webhooks.log, simulator.log, setup.log)"
+echo "  Ctrl-C stops everything"
 echo
 
 # Run until Ctrl-C/SIGTERM, or until one of the processes ends by itself (then say which and stop).
@@ -179,7 +207,7 @@ while :; do
   wait -n "${pids[@]}" 2>/dev/null || true
   for i in "${!names[@]}"; do
     if ! alive "${pids[$i]}"; then
-      log="$LOG_DIR/worker.log"; [ "${names[$i]}" = simulator ] && log="$LOG_DIR/simulator.log"
+      log="$LOG_DIR/worker-${names[$i]% cluster}.log"; [ "${names[$i]}" = simulator ] && log="$LOG_DIR/simulator.log"
       [ "${names[$i]}" = "web server" ] && fail "the web server exited unexpectedly (its output is above)"
       fail "the ${names[$i]} exited unexpectedly: $(last_line "$log") (log: $log)"
     fi

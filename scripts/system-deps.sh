@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: Chromium for the browser tests (Playwright drives
-# /usr/bin/chromium; it never downloads a browser of its own) and PgBouncer for the
-# connection-pooling test (tests/genonaut/test_pooling.py).
+# /usr/bin/chromium; it never downloads a browser of its own), PgBouncer for the
+# connection-pooling test (tests/genonaut/test_pooling.py) and Prometheus (with promtool) for the
+# monitoring test (tests/genonaut/test_monitoring.py: the alert rules, /metrics, the dashboard).
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "Missing Debian packages: run 'sudo apt-get install ${missing[*]}' (the tests need them)" >&2

@@ -37,6 +37,28 @@ def test_list_filters_and_search(staff_client, failed_request, user, checkpoint)
     assert list(staff_client.get(url, {"q": str(failed_request.pk)}).context["cl"].result_list) == [failed_request]
 
 
+def test_backend_and_workflow_filters_list_known_values_without_scanning_history(staff_client, failed_request,
+                                                                                user, checkpoint):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    BackendState.objects.create(url="http://b1:8188")
+    BackendState.objects.create(url="http://b2:8188")
+    never = GenerationRequest.objects.create(user=user, prompt="waiting", checkpoint_model=checkpoint.name)
+    url = reverse("admin:generation_generationrequest_changelist")
+    with CaptureQueriesContext(connection) as captured:
+        response = staff_client.get(url)
+    assert not [q["sql"] for q in captured.captured_queries if "DISTINCT" in q["sql"].upper()]
+    body = response.content.decode()
+    assert "?backend=http%3A%2F%2Fb2%3A8188" in body and "never dispatched" in body
+    assert "?workflow_slug=img2img" in body
+    assert list(staff_client.get(url, {"backend": "http://b1:8188"}).context["cl"].result_list) == [failed_request]
+    assert list(staff_client.get(url, {"backend": "http://b2:8188"}).context["cl"].result_list) == []
+    assert list(staff_client.get(url, {"backend": "none"}).context["cl"].result_list) == [never]
+    assert list(staff_client.get(url, {"workflow_slug": "img2img"}).context["cl"].result_list) == []
+    assert len(staff_client.get(url, {"workflow_slug": "txt2img"}).context["cl"].result_list) == 2
+
+
 def test_detail_is_read_only_with_pretty_json(staff_client, failed_request):
     url = reverse("admin:generation_generationrequest_change", args=[failed_request.pk])
     response = staff_client.get(url)

@@ -96,3 +96,40 @@ def test_a_completed_job_counts_as_a_sign_of_life(configured):
     backends.record_outcome(DOWN, completed=True)
     state = BackendState.objects.get(url=DOWN)
     assert state.jobs_completed == 1 and state.last_ok_at is not None
+
+
+def test_overview_queries_do_not_grow_with_backends_or_history(settings, user, django_assert_max_num_queries):
+    urls = [f"http://127.0.0.1:{port}" for port in (9, 19, 29, 39)]
+    settings.COMFYUI_BACKENDS = [{"url": url, "capacity": 2} for url in urls]
+    now = timezone.now()
+    for minutes in range(8):
+        for url in urls:
+            GenerationRequest.objects.create(user=user, prompt="p", checkpoint_model="c", status=Status.FAILED,
+                                             backend=url, error=f"e{minutes}",
+                                             finished_at=now - timezone.timedelta(minutes=minutes * 20))
+    backends.sync_backends()
+    with django_assert_max_num_queries(4):  # the rows, running, last hour, recent failures (one UNION)
+        overview = backends.backend_overview(recent_failures=3)
+    for entry in overview:
+        assert [f["error"] for f in entry["recent_failures"]] == ["e0", "e1", "e2"]  # newest first, per backend
+        assert entry["failed_last_hour"] == 3  # 0, 20 and 40 minutes ago
+
+
+@pytest.mark.parametrize(("name", "query"), [
+    ("genreq_backend_finished_idx",
+     lambda: backends.finished_since(timezone.now(), urls=["http://127.0.0.1:9", "http://127.0.0.1:19"])),
+    ("genreq_backend_finished_idx", lambda: backends.recent_failures_of(["http://127.0.0.1:9"])),
+])
+def test_operator_queries_can_use_their_index(name, query, django_assert_max_num_queries):
+    """With sequential scans priced out, the plan must use the index: the query's conditions imply its
+    predicate and match its columns (so at a million rows the planner has a cheap path)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        query()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + captured.captured_queries[-1]["sql"])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert name in plan, plan

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from generation import lifecycle, webhooks
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, MetricCounter
 from generation.states import Status
 from generation.webhooks import WebhookUrlRefused, check_webhook_url, deliver_webhook
 
@@ -112,6 +112,9 @@ def test_a_500_is_retried_with_backoff_through_a_one_off_schedule(finished, rece
 
     assert task(args, **kwargs) == "delivered"
     assert [call["headers"]["X-Genonaut-Delivery-Attempt"] for call in receiver.received] == ["1", "2"]
+    assert schedule.cluster == settings.Q_QUEUES["webhooks"]  # run by the webhooks cluster's scheduler
+    assert dict(MetricCounter.objects.values_list("labels", "count")) == {'{"outcome":"retry"}': 1,
+                                                                         '{"outcome":"delivered"}': 1}
 
 
 def test_backoff_grows_and_is_capped(settings):
@@ -124,6 +127,7 @@ def test_gives_up_after_the_last_attempt(finished, receiver, settings):
     last = settings.GENERATION["WEBHOOK_MAX_ATTEMPTS"]
     assert deliver_webhook(str(finished.pk), attempt=last) == "gave_up"
     assert not Schedule.objects.exists()
+    assert MetricCounter.objects.get(name="webhook_deliveries").labels == '{"outcome":"gave_up"}'
     finished.refresh_from_db()
     assert finished.webhook_delivered_at is None
 
@@ -188,7 +192,7 @@ def test_api_refuses_private_webhook_urls_when_not_allowed(api, valid_params, se
     assert response.status_code == 400 and "webhook_url" in response.json()["error"]["fields"]
 
 
-def test_terminal_transition_enqueues_the_delivery_task(user, make_generation, receiver, monkeypatch,
+def test_terminal_transition_enqueues_the_delivery_task(user, make_generation, receiver, monkeypatch, settings,
                                                         django_capture_on_commit_callbacks):
     sent = []
     monkeypatch.setattr("generation.enqueue.async_task", lambda *args, **kwargs: sent.append((args, kwargs)))
@@ -197,8 +201,10 @@ def test_terminal_transition_enqueues_the_delivery_task(user, make_generation, r
     with django_capture_on_commit_callbacks(execute=True):
         assert lifecycle.transition(request.pk, Status.COMPLETED)
         assert lifecycle.transition(silent.pk, Status.FAILED)
-    assert sent == [(("generation.tasks.deliver_webhook", str(request.pk)), {"attempt": 1})]
-    assert deliver_webhook(*sent[0][0][1:], **sent[0][1]) == "delivered"
+    assert sent == [(("generation.tasks.deliver_webhook", str(request.pk)),
+                     {"attempt": 1, "cluster": settings.Q_QUEUES["webhooks"]})]
+    assert deliver_webhook(*sent[0][0][1:], attempt=sent[0][1]["attempt"]) == "delivered"
+    assert MetricCounter.objects.get(name="webhook_deliveries").labels == '{"outcome":"delivered"}'
 
 
 def test_unfinished_or_deleted_requests_are_skipped(user, make_generation, receiver):

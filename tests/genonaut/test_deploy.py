@@ -62,7 +62,7 @@ def test_systemd_units_run_real_commands_and_files():
 
     commands = get_commands()
     units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
-    assert {unit.name for unit in units} >= {"genonaut-web.service", "genonaut-worker.service",
+    assert {unit.name for unit in units} >= {"genonaut-web.service", "genonaut-worker@.service",
                                               "genonaut-migrate.service"}
     for unit in units:
         text = unit.read_text()
@@ -73,6 +73,18 @@ def test_systemd_units_run_real_commands_and_files():
                 assert command in commands, f"{unit.name}: manage.py {command} does not exist"
             if line.startswith("ExecStart=") and " -c " in line:
                 assert (ROOT / line.split(" -c ", 1)[1].split()[0]).is_file(), f"{unit.name}: config missing"
+
+
+def test_the_worker_template_runs_every_role_its_comment_names(tmp_path):
+    from django.conf import settings
+
+    text = (ROOT / "deploy" / "systemd" / "genonaut-worker@.service").read_text()
+    assert "Environment=Q_ROLE=%i" in text
+    enable = next(line for line in text.splitlines() if "systemctl enable" in line)
+    assert sorted(word.split("@", 1)[1] for word in enable.split() if "@" in word) == sorted(settings.Q_QUEUES)
+    for role in settings.Q_QUEUES:  # each instance's environment is a valid configuration
+        result = manage({**documented_env(tmp_path), "Q_ROLE": role}, "check", "--deploy", "--fail-level", "WARNING")
+        assert result.returncode == 0, result.stderr
 
 
 def test_collectstatic_writes_hashed_names_for_the_proxy(tmp_path):

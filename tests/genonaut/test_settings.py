@@ -100,7 +100,7 @@ def test_comfyui_url_list_from_environment_sizes_the_worker_pool(tmp_path):
     ns = load_settings(tmp_path, COMFYUI_URL="http://a:1;capacity=3, http://b:2 ,,http://c:3", COMFYUI_CAPACITY="4")
     assert [(b["url"], b["capacity"]) for b in ns["COMFYUI_BACKENDS"]] == [
         ("http://a:1", 3), ("http://b:2", 4), ("http://c:3", 4)]
-    assert ns["Q_CLUSTER"]["workers"] == 13  # one worker per job a backend may hold, plus two for housekeeping
+    assert ns["Q_CLUSTER"]["workers"] == 13  # jobs: one worker per job a backend may hold, plus two
 
 
 def test_production_without_comfyui_url_has_no_backends_and_no_simulator(tmp_path):
@@ -123,6 +123,20 @@ def test_redis_url_selects_the_redis_broker(tmp_path):
     assert q["workers"] == 6
     assert q["retry"] > q["timeout"] > ns["GENERATION"]["JOB_DEADLINE_SECONDS"]
     assert q["max_attempts"] >= 1
+
+
+def test_each_role_has_its_own_queue_workers_and_timeout(tmp_path):
+    queues = {"jobs": "site-jobs", "housekeeping": "site", "webhooks": "site-webhooks"}
+    for role, workers in (("jobs", 6), ("housekeeping", 3), ("webhooks", 5)):
+        ns = load_settings(tmp_path, Q_ROLE=role, Q_CLUSTER_NAME="site", Q_WORKERS="6", Q_HOUSEKEEPING_WORKERS="3",
+                           Q_WEBHOOK_WORKERS="5", WEBHOOK_TIMEOUT="5")
+        q = ns["Q_CLUSTER"]
+        assert ns["Q_QUEUES"] == queues
+        # the site name signs task payloads: the same in every role; the cluster name is the role's queue
+        assert (q["name"], q["cluster_name"], q["workers"]) == ("site", queues[role], workers)
+        assert q["retry"] > q["timeout"]
+    assert q["timeout"] == 40  # webhooks: a delivery ends within 2 × WEBHOOK_TIMEOUT
+    assert load_settings(tmp_path)["Q_CLUSTER"]["cluster_name"] == "genonaut-jobs"  # no Q_ROLE: a jobs cluster
 
 
 def test_without_redis_url_the_orm_broker_is_used(tmp_path):
@@ -159,6 +173,9 @@ def test_production_static_files_are_hashed(tmp_path):
     ({"SECURE_HSTS_SECONDS": "1 year"}, "SECURE_HSTS_SECONDS"),
     ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL"),
     ({"COMFYUI_URL": "http://gpu1:8188;capacity=-1"}, "COMFYUI_URL"),
+    ({"Q_ROLE": "everything"}, "Q_ROLE"),
+    ({"Q_WEBHOOK_WORKERS": "0"}, "Q_WEBHOOK_WORKERS"),
+    ({"Q_HOUSEKEEPING_WORKERS": "-1"}, "Q_HOUSEKEEPING_WORKERS"),
 ])
 def test_bad_environment_fails_at_start_naming_the_variable(tmp_path, env, variable):
     with pytest.raises(ImproperlyConfigured, match=variable):

@@ -140,7 +140,7 @@ def test_refresh_that_could_do_nothing_shows_why(admin_client_, db, settings, tm
 
 def test_a_refresh_no_worker_finished_is_shown_abandoned_and_replaced(admin_client_, db, models_dir, settings,
                                                                       enqueued, django_capture_on_commit_callbacks):
-    long_ago = timezone.now() - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 1)
+    long_ago = timezone.now() - timedelta(seconds=settings.Q_ROLE_OPTIONS["housekeeping"]["timeout"] + 1)
     stuck = RegistryJob.objects.create(kind="refresh", status="running", requested_at=long_ago, started_at=long_ago)
     assert "abandoned" in refresh_state(admin_client_)[1]
     with django_capture_on_commit_callbacks(execute=True):

@@ -74,7 +74,7 @@ def test_an_abandoned_running_job_is_replaced_and_its_late_task_does_nothing(db,
     job, _ = jobs.request_refresh(user=staff_user)
     assert jobs.claim(job.pk, "refresh") is not None  # a worker took it, then died
     RegistryJob.objects.filter(pk=job.pk).update(
-        started_at=timezone.now() - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 1))
+        started_at=timezone.now() - timedelta(seconds=settings.Q_ROLE_OPTIONS["housekeeping"]["timeout"] + 1))
     new, created = jobs.request_refresh(user=staff_user)
     job.refresh_from_db()
     assert created and new != job

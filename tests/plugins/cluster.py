@@ -1,12 +1,14 @@
-"""Fixtures that run a real Django-Q cluster (``manage.py qcluster``) against the test database.
+"""Fixtures that run real Django-Q clusters (``manage.py qcluster``) against the test database.
 
-- ``cluster_factory(backends, **options)``: start a qcluster subprocess whose ComfyUI backends are
-  the given simulator URLs (``url`` or ``(url, capacity)``), with short heartbeat / stale /
-  backoff settings; the test process's settings are switched to the same values, so services,
+- ``cluster_factory(backends, **options)``: start the qcluster subprocesses of one deployment — one per
+  role (``jobs``, ``housekeeping``, ``webhooks``: ``Q_ROLE``), as production runs them — whose ComfyUI
+  backends are the given simulator URLs (``url`` or ``(url, capacity)``), with short heartbeat / stale /
+  backoff settings; the test process's settings are switched to the same values and queues, so services,
   the dispatcher and the reconciler called from the test agree with the workers. Options:
-  ``workers``, ``redis_url`` (use the Redis broker instead of the ORM one), ``generation``
-  (``GENERATION`` overrides), ``name`` (the queue; give several clusters one name to share it).
-  Returns a :class:`Cluster`; every cluster is killed after the test.
+  ``workers`` (of the jobs cluster), ``redis_url`` (use the Redis broker instead of the ORM one),
+  ``generation`` (``GENERATION`` overrides), ``name`` (the site; give several deployments one name to share
+  its queues), ``roles`` (a subset of the roles to start). Returns a :class:`Cluster`; every cluster is
+  killed after the test.
 - ``wait_for_request(request_id, *statuses, timeout)``: poll the row until it reaches a status.
 
 Tests using them need ``@pytest.mark.django_db(transaction=True)`` (the workers must see
@@ -75,24 +77,53 @@ def backend_list(backends):
     return result
 
 
-class Cluster:
-    """A running ``qcluster`` process group."""
+ROLES = ("jobs", "housekeeping", "webhooks")
 
-    def __init__(self, env, log_path):
+
+def use_queues(name, *, redis_url=None):
+    """Point this process's enqueues at the queues of the site ``name`` (what its clusters consume)."""
+    from django.conf import settings
+    from django_q.conf import Conf
+
+    from genonaut.settings import queues_for
+
+    settings.Q_QUEUES = queues_for(name)
+    Conf.PREFIX = name  # the ORM broker signs task payloads with it: it must be the clusters' name
+    Conf.CLUSTER_NAME = settings.Q_QUEUES["jobs"]
+    if redis_url:
+        Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, redis_url, None  # as the clusters' settings say
+
+
+class Cluster:
+    """The running ``qcluster`` processes of one deployment: one per role, each in its own process group,
+    all writing to one log."""
+
+    def __init__(self, env, log_path, roles=ROLES):
+        from genonaut.settings import queues_for
+
         self.env = env
         self.log_path = log_path
-        self.process = None
+        self.roles = tuple(roles)
+        self.queues = queues_for(env.get("Q_CLUSTER_NAME") or "genonaut")
+        self.processes = {}
 
     def start(self):
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its whole life
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT,
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the children write to it for their whole life
+        for role in self.roles:
+            self.processes[role] = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT, env={**self.env, "Q_ROLE": role},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"qcluster exited: {self.log()[-3000:]}")
-            if " running." in self.log():
+            for role, process in self.processes.items():
+                if process.poll() is not None:
+                    self.kill()
+                    raise RuntimeError(f"the {role} qcluster exited: {self.log()[-3000:]}")
+            text = self.log()
+            # "Q Cluster <id> [<queue>] running." (Redis names the queue django_q:<queue>:q)
+            if all(f"[{self.queues[role]}] running." in text or f":{self.queues[role]}:q] running." in text
+                   for role in self.roles):
                 return self
             time.sleep(0.05)
         self.kill()
@@ -103,28 +134,36 @@ class Cluster:
 
     @property
     def pid(self):
-        return self.process.pid
+        """The jobs cluster's process (or the first role's)."""
+        return self.processes[self.roles[0]].pid
 
-    def kill(self):
-        """SIGKILL the whole cluster (its own process group: parent, sentinel, workers, monitor)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
+    @property
+    def pids(self):
+        return [process.pid for process in self.processes.values()]
+
+    def kill(self, role=None):
+        """SIGKILL every cluster, or only ``role``'s (each its own process group: parent, sentinel, workers,
+        monitor)."""
+        for name, process in self.processes.items():
+            if role not in (None, name):
+                continue
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
 
     def stop(self, timeout=5.0):
-        if self.process is None or self.process.poll() is not None:
-            self.kill()
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()  # whatever is left of the group (a worker still in a task)
+        running = [process for process in self.processes.values() if process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # whatever is left of the groups (a worker still in a task)
 
     def restart(self):
         self.kill()
@@ -134,17 +173,18 @@ class Cluster:
 @pytest.fixture
 def cluster_factory(transactional_db, settings, _media_root):
     """Start qcluster subprocesses; each is stopped (then its group killed) after the test."""
+    from django_q.brokers import get_broker
     from django_q.conf import Conf
 
     started = []
     saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "BROKER_CLASS", "CLUSTER_NAME", "PREFIX")}
 
-    def factory(backends, *, workers=None, redis_url=None, generation=None, env=None, name=None):
+    def factory(backends, *, workers=None, redis_url=None, generation=None, env=None, name=None, roles=ROLES):
         backends = backend_list(backends)
         overrides = {**TEST_GENERATION, **(generation or {})}
         settings.COMFYUI_BACKENDS = backends
         settings.GENERATION = {**settings.GENERATION, **overrides}
-        name = name or f"genonaut-test-{uuid.uuid4().hex[:8]}"  # clusters given one name share a queue
+        name = name or f"genonaut-test-{uuid.uuid4().hex[:8]}"  # deployments given one name share its queues
         child_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "genonaut.test_settings",
@@ -154,6 +194,8 @@ def cluster_factory(transactional_db, settings, _media_root):
             "COMFYUI_TIMEOUT": "2",
             "MEDIA_ROOT": str(_media_root),
             "Q_WORKERS": str(workers or max(2, sum(b["capacity"] for b in backends))),
+            "Q_HOUSEKEEPING_WORKERS": "2",
+            "Q_WEBHOOK_WORKERS": "2",
             "Q_POLL": "0.02",
             "Q_CLUSTER_NAME": name,
             "REDIS_URL": redis_url or "",
@@ -163,13 +205,10 @@ def cluster_factory(transactional_db, settings, _media_root):
         for key, value in overrides.items():
             child_env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
         child_env.update(env or {})
-        # the test process enqueues to the same broker and queue as the cluster
-        Conf.CLUSTER_NAME = Conf.PREFIX = name
-        if redis_url:
-            Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS = None, redis_url, None  # as the cluster's settings say
+        use_queues(name, redis_url=redis_url)  # the test process enqueues to the same broker and queues
         log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
-        cluster = Cluster(child_env, log.name)
+        cluster = Cluster(child_env, log.name, roles=roles)
         started.append(cluster)
         return cluster.start()
 
@@ -178,9 +217,8 @@ def cluster_factory(transactional_db, settings, _media_root):
         cluster.kill()  # a graceful stop waits for tasks in flight; tests have nothing left to save
         Path(cluster.log_path).unlink(missing_ok=True)
     if Conf.REDIS and not Conf.ORM:  # leave nothing behind in the shared Redis database
-        from django_q.brokers import get_broker
-
-        get_broker().delete_queue()
+        for queue in settings.Q_QUEUES.values():
+            get_broker(queue).delete_queue()
     for name, value in saved_conf.items():
         setattr(Conf, name, value)
 

@@ -100,7 +100,8 @@ def test_a_second_run_is_refused_without_side_effects_and_the_first_stops_cleanl
     assert requests.get(f"{base}/readyz", timeout=5).status_code == 200  # the simulator has answered
 
     log_dir = (data_dir / "log" / "latest").resolve()
-    assert {"worker.log", "simulator.log", "setup.log"} <= {p.name for p in log_dir.iterdir()}
+    assert {"worker-jobs.log", "worker-housekeeping.log", "worker-webhooks.log", "simulator.log",
+            "setup.log"} <= {p.name for p in log_dir.iterdir()}
     before_processes = processes_using(data_dir)
     before_logs = files_under(data_dir / "log")
     before_runs = sorted(p.name for p in (data_dir / "log").iterdir())
@@ -129,8 +130,9 @@ def test_a_second_run_is_refused_without_side_effects_and_the_first_stops_cleanl
     first_run.send_signal(signal.SIGTERM)
     assert first_run.wait(timeout=40) == 0
     output = first_run.output.read_text()
-    assert "Worker cluster stopped." in output
+    assert "Worker clusters stopped." in output
     assert "did not stop" not in output, output[-2000:]  # nothing had to be killed
-    assert "has stopped." in (log_dir / "worker.log").read_text()
+    for role in ("jobs", "housekeeping", "webhooks"):  # one cluster per queue, each stopped cleanly
+        assert "has stopped." in (log_dir / f"worker-{role}.log").read_text()
     assert processes_using(data_dir) == set()
     assert not (data_dir / "run.pid").exists()

@@ -3,7 +3,9 @@
 import time
 
 import pytest
+from django_q.models import Schedule
 
+from generation import enqueue
 from generation.models import BackendState
 from generation.reconciler import reconcile
 from generation.services import submit_generation
@@ -16,7 +18,7 @@ def _media_files(media_root):
 
 
 def test_backend_down_at_submit_waits_then_completes(simulator, cluster_factory, wait_for_request, wait_until,
-                                                     row_of, user, valid_params):
+                                                     row_of, user, valid_params, settings):
     cluster_factory([simulator.url])
     simulator.set_faults(refuse_connections=2.0)
     time.sleep(0.1)  # the simulator stops listening just after answering
@@ -24,7 +26,11 @@ def test_backend_down_at_submit_waits_then_completes(simulator, cluster_factory,
     wait_until(lambda: BackendState.objects.filter(url=simulator.url, is_healthy=False).exists(),
                what="backend marked down")
     assert row_of(request).status in ("queued", "running")
-    row = wait_for_request(request.pk, "completed", "failed", timeout=20)
+    # no worker sleeps out the backoff: a probe is scheduled for the housekeeping cluster, whose scheduler
+    # looks every 30 s (the first time 30 s after it started)
+    probe = wait_until(lambda: Schedule.objects.filter(func=enqueue.PROBE_BACKEND).first(), what="probe scheduled")
+    assert probe.cluster == settings.Q_QUEUES["housekeeping"]
+    row = wait_for_request(request.pk, "completed", "failed", timeout=70)
     assert row.status == "completed", row.error
     assert row.attempts == 2 and "Backend unavailable" in row.error_detail.get("retry_reason", "")
     state = BackendState.objects.get(url=simulator.url)
