@@ -458,7 +458,10 @@ def test_previews_are_declared_again_after_a_reconnect(simulator):
                                       "extension": {"manager": {"supports_v4": True}}}
     after = [e for e in seen[seen.index(next(e for e in seen if isinstance(e, ev.Progress) and e.value == 2)):]
              if isinstance(e, ev.Preview)]
-    assert after and all(p.node == "3" for p in after)  # type-4 frames: the socket declared it again
+    # type-4 frames once the new socket declared it again; ComfyUI may send a frame or two in the
+    # legacy layout before it has read the declaration (as the real server does), never after
+    legacy = [p for p in after if p.node is None]
+    assert after[-1].node == "3" and len(legacy) <= 2 and len(after) - len(legacy) >= 10
 
 
 def test_object_info_says_when_it_was_fetched(simulator, settings):
