@@ -526,6 +526,7 @@ class Image(Field):
         kwargs.setdefault("default", MISSING if required else None)
         super().__init__(name, label=label, **kwargs)
         self.is_mask = mask
+        self.widget = "mask" if mask else "image"  # a mask is painted over its image in the form
 
     @property
     def url_name(self):
