@@ -572,8 +572,15 @@ def test_an_uploaded_image_survives_a_form_shown_again_with_errors(login, user, 
     assert f'name="input_image" value="{record.pk}" data-image-value' in html
     assert f'src="/api/v1/comfyui/inputs/{record.pk}/image/"' in html and "Uploaded earlier." in html
     assert "This field is required." in html and not GenerationRequest.objects.exists()
-    # submitted again with the prompt: the stored image is used, not uploaded twice
-    response = client.post(reverse("generate"), image_form(checkpoint, input_image=str(record.pk)))
+    # submitted again with the prompt: the stored image is used, not uploaded twice (the empty file
+    # input is posted beside it under the same name, as browsers do)
+    from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+
+    body = encode_multipart(BOUNDARY, image_form(checkpoint, input_image=str(record.pk)))
+    empty_file = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="input_image"; filename=""\r\n'
+                  f"Content-Type: application/octet-stream\r\n\r\n\r\n").encode()
+    body = body.replace(f"--{BOUNDARY}--".encode(), empty_file + f"--{BOUNDARY}--".encode())
+    response = client.generic("POST", reverse("generate"), body, content_type=MULTIPART_CONTENT)
     created = GenerationRequest.objects.get()
     assert response.status_code == 302 and created.params["input_image"] == str(record.pk)
     assert (created.width, created.height) == (96, 64) and InputImage.objects.count() == 1
