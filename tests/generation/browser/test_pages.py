@@ -414,3 +414,37 @@ def test_admin_list_pages_fit_a_laptop_screen(live_server, new_page, transaction
         if path == "/admin/generation/generationrequest/":
             assert measured["rows"] == 4  # the header and the three requests
             screenshot(page, "admin-requests")
+
+
+def test_a_down_backend_keeps_its_error_inside_its_box(live_server, page, transactional_db, staff_user, settings):
+    from generation.models import BackendState
+
+    url = "http://127.0.0.1:9"
+    settings.COMFYUI_BACKENDS = [{"url": url, "capacity": 2}]
+    BackendState.objects.create(
+        url=url, is_healthy=False, consecutive_failures=4, loaded_checkpoint="tiny-sd15-random.safetensors",
+        last_error="HTTPConnectionPool(host='127.0.0.1',port=9):Max_retries_exceeded_with_url:/system_stats_(Caused_by_"
+                   "NewConnectionError('<urllib3.connection.HTTPConnection_object_at_0x7f3a2c1d9e50>:_Failed_to_establish"
+                   "_a_new_connection:_[Errno_111]_Connection_refused'))")
+    log_in(page, live_server.url, staff_user)
+    page.goto(f"{live_server.url}/backends/")
+    card = page.locator(f'[data-backend-url="{url}"]')
+    expect(card).to_contain_text("No other backend is in rotation: requests wait in the queue until one answers.")
+    expect(card).to_contain_text("not known: it has never answered")
+    expect(card).not_to_contain_text("tiny-sd15-random")
+    box = card.locator(".error-box")
+    assert box.evaluate("el => el.scrollWidth <= el.clientWidth")  # the unbroken error wraps inside
+    assert card.evaluate("el => el.scrollWidth <= el.clientWidth")
+    screenshot(page, "backends-down")
+
+
+def test_every_kind_of_page_has_the_favicon(live_server, page, transactional_db, staff_user, settings):
+    settings.API_DOCS_PUBLIC = True
+    log_in(page, live_server.url, staff_user)
+    for path in ("/", "/history/", "/admin/", "/admin/generation/generationrequest/", "/api/v1/comfyui/?format=api",
+                 "/api/docs/", "/accounts/login/"):
+        page.goto(live_server.url + path)
+        icon = page.locator('link[rel="icon"]')
+        expect(icon).to_have_count(1)
+        answer = icon.evaluate("link => fetch(link.href).then(r => [r.status, r.headers.get('content-type')])")
+        assert answer == [200, "image/svg+xml"], (path, answer)
