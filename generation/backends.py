@@ -128,8 +128,10 @@ def capabilities_of(object_info):
 def record_capabilities(url, object_info):
     """Store what ``url``'s ``object_info`` says it can run (the dispatcher and submit read it)."""
     nodes, lists = capabilities_of(object_info)
-    BackendState.objects.filter(url=url).update(node_classes=nodes, model_lists=lists,
-                                                capabilities_at=timezone.now())
+    values = {"node_classes": nodes, "model_lists": lists, "capabilities_at": timezone.now()}
+    if not BackendState.objects.filter(url=url).update(**values) and url in configured_urls():
+        sync_backends()  # a configured backend nobody dispatched to yet has no row
+        BackendState.objects.filter(url=url).update(**values)
     return nodes, lists
 
 

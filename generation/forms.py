@@ -181,7 +181,7 @@ class GenerateForm:
 
     @property
     def workflows(self):
-        return all_workflows()
+        return all_workflows(self.ctx.user)
 
     @property
     def size_presets(self):
@@ -209,7 +209,8 @@ def _store(data, name, value):
 
 class HistoryFilterForm(forms.Form):
     """The History page's filters, from the query string: invalid values are reported at their
-    control and left out of the filter, so a mistyped date never empties the page.
+    control and left out of the filter, so a mistyped date never empties the page. ``workflows``:
+    those the person may choose from.
 
     The dates are whole days in the display time zone, both inclusive (``date_to`` 2026-12-01
     includes that day); the rules themselves are :func:`generation.selectors.filter_requests`.
@@ -227,10 +228,10 @@ class HistoryFilterForm(forms.Form):
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     sort = forms.ChoiceField(required=False, label="Sort", choices=list(SORTS.items()))
 
-    def __init__(self, data, **kwargs):
+    def __init__(self, data, *, workflows, **kwargs):
         super().__init__(data, **kwargs)
         self.fields["status"].choices = [("", "All"), *Status.choices]
-        self.fields["workflow"].choices = [("", "All"), *[(w.slug, w.name) for w in all_workflows()]]
+        self.fields["workflow"].choices = [("", "All"), *[(w.slug, w.name) for w in workflows]]
         self.fields["checkpoint"].choices = [("", "All"), *[(name, name) for name in checkpoint_names()]]
         self.full_clean()
 

@@ -233,3 +233,56 @@ class DispatchTurn(models.Model):
 
     def __str__(self):
         return f"{self.user_id} last dispatched {self.last_dispatched_at:%Y-%m-%d %H:%M:%S}"
+
+
+class WorkflowTemplate(models.Model):
+    """A workflow staff made from a ComfyUI graph (docs/workflows.md, "Operator-defined workflows").
+
+    Its graph and parameter definition live in immutable :class:`WorkflowTemplateVersion` rows:
+    editing makes a new version, and a request records the version it ran.
+    """
+
+    class Visibility(models.TextChoices):
+        EVERYONE = "everyone", "Everyone"
+        STAFF = "staff", "Staff only"
+        GROUPS = "groups", "Chosen groups"
+
+    slug = models.SlugField(max_length=64, unique=True, help_text="What API clients send as \"workflow\"")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+    is_enabled = models.BooleanField(default=False, help_text="Offered to the people it is visible to")
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.STAFF)
+    groups = models.ManyToManyField("auth.Group", blank=True, related_name="+",
+                                    help_text="With visibility \"Chosen groups\": who may run it")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.slug})"
+
+
+class WorkflowTemplateVersion(models.Model):
+    """One immutable definition of a template: the API-format graph, its parameters, its outputs."""
+
+    template = models.ForeignKey(WorkflowTemplate, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    graph = models.JSONField(help_text="API format, as checked against the backends' object_info")
+    parameters = models.JSONField(default=list, help_text="The parameter definition (generation.workflows.templates)")
+    outputs = models.JSONField(default=list, help_text="Ids of the output nodes whose files are the results")
+    source_format = models.CharField(max_length=8, default="api", help_text="api or ui (converted)")
+    notes = models.JSONField(default=list, blank=True, help_text="What importing left out")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["template", "-version"]
+        constraints = [models.UniqueConstraint(fields=["template", "version"], name="templateversion_unique")]
+
+    def __str__(self):
+        return f"{self.template.slug} v{self.version}"

@@ -22,11 +22,12 @@ RESERVED = frozenset({
 _DATETIME = DateTimeField()
 
 
-def request_representation(generation, *, absolute=None, queue_position=UNSET, workflow_names=None):
+def request_representation(generation, *, absolute=None, queue_position=UNSET, workflows=None):
     """The document for ``generation``.
 
     ``absolute`` turns a path into a full URL (``request.build_absolute_uri``); without it, URLs are
-    relative. ``queue_position`` may be given when a list computed them for a whole page.
+    relative. ``queue_position`` and ``workflows`` (``{(slug, version): Workflow}``) may be given when
+    a list computed them for a whole page.
     The workflow's parameters are under ``params``, and also at the top level (where they do not
     clash with the document's own keys), so v1 clients that read ``sampler_params`` keep working.
     """
@@ -34,6 +35,7 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
     link = absolute or (lambda path: path)
     prefix = link(reverse("generation-detail", kwargs={"pk": obj.pk}))
     params = obj.params or {}
+    workflow = _workflow(obj, workflows)
     document = {key: value for key, value in params.items() if key not in RESERVED}
     document.update({
         "id": str(obj.pk),
@@ -43,9 +45,9 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
                      "total_steps": obj.total_steps},
         "queue_position": compute_queue_position(obj) if queue_position is UNSET else queue_position,
         "workflow": {"slug": obj.workflow_slug, "version": obj.workflow_version,
-                     "name": _workflow_name(obj, workflow_names)},
+                     "name": workflow.name if workflow is not None else obj.workflow_slug},
         "params": params,
-        "inputs": _inputs(obj, link),
+        "inputs": _inputs(obj, workflow, link),
         "prompt": obj.prompt,
         "checkpoint_model": obj.checkpoint_model,
         "width": obj.width,
@@ -67,25 +69,22 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
     return document
 
 
-def _workflow_name(obj, names):
-    if names is not None and obj.workflow_slug in names:
-        return names[obj.workflow_slug]
+def _workflow(obj, workflows):
+    """The request's workflow, or ``None`` if it no longer exists (a deleted template)."""
     from generation.workflows import UnknownWorkflow, get_workflow
 
+    key = (obj.workflow_slug, obj.workflow_version)
+    if workflows is not None and key in workflows:
+        return workflows[key]
     try:
-        return get_workflow(obj.workflow_slug, obj.workflow_version).name
+        return get_workflow(*key)
     except UnknownWorkflow:
-        return obj.workflow_slug
+        return None
 
 
-def _inputs(obj, link):
+def _inputs(obj, workflow, link):
     """The input images the parameters name, with the URL that serves each to its owner."""
-    from generation.workflows import UnknownWorkflow
-
-    try:
-        wanted = obj.workflow.input_files(obj.params or {})
-    except UnknownWorkflow:
-        wanted = {}
+    wanted = workflow.input_files(obj.params or {}) if workflow is not None else {}
     if not wanted:
         return []
     records = {str(record.pk): record for record in obj.inputs.all()}

@@ -40,11 +40,12 @@ from generation.models import GenerationRequest
 from generation.pngmeta import NotAPng
 from generation.states import TERMINAL, Status
 from generation.storage import (
+    OUTPUT_KINDS,
     StorageWriteFailed,
     delete_files,
     image_path,
     save_exact,
-    spooled_png,
+    spooled_output,
     thumbnail_path,
 )
 from generation.thumbnails import make_thumbnails
@@ -53,6 +54,7 @@ from generation.workflows import InputFile, check_graph
 logger = logging.getLogger(__name__)
 
 CANCEL_GRACE_SECONDS = 3.0  # an interrupt we did not send may be a cancel about to be written
+OUTPUT_LISTS = ("images", "gifs", "videos")  # where save nodes list their files in a history entry
 HISTORY_WAIT_SECONDS = 10.0  # after execution_success, how long ComfyUI may take to write the history entry
 INPUT_SUBFOLDER = "genonaut"  # where input images go in a backend's input/ folder (named by content hash)
 
@@ -315,8 +317,8 @@ class JobRunner:
         entry = self.finished_entry()
         output_nodes = self.request.workflow.output_nodes(graph)
         images = [(node_id, image) for node_id in output_nodes
-                  for image in (entry.get("outputs", {}).get(node_id, {}).get("images") or [])
-                  if image.get("type", "output") == "output"]
+                  for key in OUTPUT_LISTS for image in (entry.get("outputs", {}).get(node_id, {}).get(key) or [])
+                  if isinstance(image, dict) and image.get("type", "output") == "output"]
         if not images:
             node_id = output_nodes[0] if output_nodes else ""
             raise ExecutionFailed(node_id=node_id, node_type=graph.get(node_id, {}).get("class_type", ""),
@@ -353,20 +355,20 @@ class JobRunner:
         texts = {"parameters": request.workflow.a1111_parameters(request.params)}
         outputs, thumbnails = [], []
         for index, (node_id, image) in enumerate(images):
-            name = image_path(request, index)
             with self.client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output")) as chunks:
                 try:
-                    with spooled_png(chunks, texts) as spool:
+                    with spooled_output(chunks, texts) as (spool, kind):
+                        name = image_path(request, index, kind)
                         self.written.append(name)
                         save_exact(name, spool)
                         spool.seek(0)
-                        thumbs = make_thumbnails(spool)
+                        thumbs = make_thumbnails(spool) if OUTPUT_KINDS[kind] else []
                 except NotAPng as exc:
                     raise ExecutionFailed(node_id=node_id, node_type=graph.get(node_id, {}).get("class_type", ""),
                                           exception_type="NotAPng",
                                           exception_message=str(exc), backend=self.job.backend)
                 except OSError as exc:  # the spool file itself (local temp disk full)
-                    raise StorageWriteFailed(f"Could not buffer {name}: {exc}") from exc
+                    raise StorageWriteFailed(f"Could not buffer output {index}: {exc}") from exc
             sizes = {}
             for thumb in thumbs:
                 thumb_name = thumbnail_path(request, index, thumb.size, thumb.extension)

@@ -47,7 +47,7 @@ def prepare_submission(*, user, data, version=None):
     """
     if not isinstance(data, dict):
         raise ParamsInvalid({"non_field_errors": ["Expected a JSON object."]})
-    workflow = get_workflow(data.get("workflow") or DEFAULT_WORKFLOW, version)
+    workflow = get_workflow(data.get("workflow") or DEFAULT_WORKFLOW, version, user=user)
     errors = Errors()
     webhook_url = _validate_webhook(errors, data.get("webhook_url"))
     ctx = Context(user=user)

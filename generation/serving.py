@@ -24,7 +24,8 @@ from generation.selectors import request_for_user
 from generation.storage import is_safe_name
 
 CACHE_CONTROL = "private, max-age=3600"
-CONTENT_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+CONTENT_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                 ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm"}
 _CHUNK = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")  # bounded: no 5000-digit int parsing
 

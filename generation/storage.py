@@ -3,7 +3,7 @@
 Everything goes through Django's default storage (local files by default, S3 through
 django-storages), at paths derived from the request alone:
 
-    generations/<user_id>/<yyyy>/<mm>/<dd>/<request_id>_<n>.png            (n = 0, 1, … per image)
+    generations/<user_id>/<yyyy>/<mm>/<dd>/<request_id>_<n>.<png|webp|gif|mp4|webm>   (n = 0, 1, … per output)
     generations/<user_id>/<yyyy>/<mm>/<dd>/thumbs/<request_id>_<n>_<size>.<webp|jpg>
 
 The date is the request's creation date (UTC), so every attempt of a request writes the same
@@ -39,8 +39,28 @@ def request_folder(request):
     return f"{ROOT}/{request.user_id}/{created:%Y}/{created:%m}/{created:%d}"
 
 
-def image_path(request, index):
-    return f"{request_folder(request)}/{request.pk}_{index}.png"
+# what output files may be, by their first bytes (ComfyUI's SaveImage writes PNG; other save nodes
+# write animated WebP/PNG, GIF, video); the extension and whether Pillow can make thumbnails of it
+OUTPUT_KINDS = {"png": True, "webp": True, "gif": True, "mp4": False, "webm": False}
+
+
+def output_kind(head):
+    """``"png"``, ``"webp"``, ``"gif"``, ``"mp4"``, ``"webm"`` from a file's first bytes, or ``None``."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm"
+    return None
+
+
+def image_path(request, index, extension="png"):
+    return f"{request_folder(request)}/{request.pk}_{index}.{extension}"
 
 
 def thumbnail_path(request, index, size, extension):
@@ -66,6 +86,39 @@ def spooled_png(chunks, texts):
             spool.write(piece)
         spool.seek(0)
         yield spool
+
+
+@contextmanager
+def spooled_output(chunks, texts):
+    """An output file from ``chunks`` in a temporary file positioned at 0, and its kind
+    (:func:`output_kind`): a PNG gets ``texts`` as text chunks, other kinds are kept as they are.
+    Raises :class:`~generation.pngmeta.NotAPng` for bytes of no known kind."""
+    chunks = iter(chunks)
+    head = b""
+    for piece in chunks:
+        head += piece
+        if len(head) >= 16:
+            break
+    kind = output_kind(head)
+    if kind is None:
+        from generation.pngmeta import NotAPng
+
+        raise NotAPng("the output is not an image or video file Genonaut knows (PNG, WebP, GIF, MP4, WebM)")
+    everything = _prepend(head, chunks)
+    if kind == "png":
+        with spooled_png(everything, texts) as spool:
+            yield spool, kind
+        return
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        for piece in everything:
+            spool.write(piece)
+        spool.seek(0)
+        yield spool, kind
+
+
+def _prepend(head, chunks):
+    yield head
+    yield from chunks
 
 
 def save_exact(name, content):
@@ -138,7 +191,7 @@ def attempt_file_names(request):
 
     names = []
     for index in range(request.batch_size):
-        names.append(image_path(request, index))
+        names.extend(image_path(request, index, extension) for extension in OUTPUT_KINDS)
         for size in settings.GENERATION["THUMBNAIL_SIZES"]:
             names.extend(thumbnail_path(request, index, size, extension) for extension in ("webp", "jpg"))
     return names

@@ -27,7 +27,7 @@ from generation.forms import GenerateForm, HistoryFilterForm, input_image_field
 from generation.idempotency import SUBMIT, Idempotency
 from generation.models import InputImage
 from generation.states import Status
-from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, all_workflows, get_workflow
+from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, all_workflows, get_workflow, workflows_for
 from generation.workflows.fields import Image
 from models_registry.models import ModelType, offered_models
 
@@ -92,9 +92,9 @@ def _status_context(generation):
             "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
 
 
-def _workflow_or_default(slug):
+def _workflow_or_default(slug, user):
     try:
-        return get_workflow(slug or DEFAULT_WORKFLOW)
+        return get_workflow(slug or DEFAULT_WORKFLOW, user=user)
     except UnknownWorkflow:
         return get_workflow(DEFAULT_WORKFLOW)
 
@@ -124,7 +124,8 @@ def generate(request):
     """The Generate form for one workflow; a valid POST stores the request and goes to its live card."""
     status = 200
     if request.method == "POST":
-        form = GenerateForm(_workflow_or_default(request.POST.get("workflow")), request.POST, user=request.user)
+        workflow = _workflow_or_default(request.POST.get("workflow"), request.user)
+        form = GenerateForm(workflow, request.POST, user=request.user)
         if not _take_uploads(request, form):
             status = 400
         else:
@@ -150,7 +151,7 @@ def generate(request):
             except UnknownWorkflow:
                 source = None
         if source is None:
-            form = GenerateForm(_workflow_or_default(request.GET.get("workflow")), user=request.user)
+            form = GenerateForm(_workflow_or_default(request.GET.get("workflow"), request.user), user=request.user)
             _use_as_input(request, form)
     form.previews = _input_previews(request.user, form)
     return render(request, "generation/generate.html",
@@ -291,7 +292,8 @@ class LookaheadPaginator(Paginator):
 def history(request):
     """The person's requests: grid or list, filtered (prompt words, status, workflow, checkpoint,
     dates), sorted by date, paginated."""
-    filters = HistoryFilterForm(request.GET)
+    workflows = all_workflows(request.user)
+    filters = HistoryFilterForm(request.GET, workflows=workflows)
     requests = selectors.history_for_user(request.user, filters=filters.filters(), newest_first=filters.newest_first)
     number = request.GET.get("page", "")
     number = int(number) if re.fullmatch(r"[0-9]{1,8}", number) else 1  # ASCII: int("²") raises
@@ -299,28 +301,34 @@ def history(request):
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "generation/history.html", {
-        "page": page, "cards": history_cards(page.object_list), "filters": filters, "query": query.urlencode(),
+        "page": page, "cards": history_cards(page.object_list, workflows=workflows), "filters": filters,
+        "query": query.urlencode(),
         "has_any": filters.is_filtered or page.paginator.count > 0 or
         selectors.history_for_user(request.user).exists()})
 
 
-def history_cards(requests):
-    """What each History tile shows: the request, its images, its queue position (one query for all)."""
+def history_cards(requests, *, workflows):
+    """What each History tile shows: the request, its workflow, images, queue position, and the
+    ``workflows`` (those the person may run) that take its first image as input. A fixed number of
+    queries for the whole page."""
     requests = list(requests)
     positions = selectors.queue_positions(requests)
+    ran = workflows_for({(g.workflow_slug, g.workflow_version) for g in requests})
     return [{"generation": g, "images": image_links(g), "queue_position": positions.get(g.pk),
-             "percent": round(100 * (g.progress or 0)), "use_as_input": use_as_input_links(g, 0)}
+             "workflow_name": getattr(ran.get((g.workflow_slug, g.workflow_version)), "name", g.workflow_slug),
+             "percent": round(100 * (g.progress or 0)), "use_as_input": use_as_input_links(g, 0, workflows=workflows)}
             for g in requests]
 
 
-def use_as_input_links(generation, index):
-    """``[{"workflow", "url"}]``: Generate pages that take image ``index`` of ``generation`` as their input."""
+def use_as_input_links(generation, index, *, workflows):
+    """``[{"workflow", "url"}]``: Generate pages of ``workflows`` that take image ``index`` of
+    ``generation`` as their input."""
     if generation.status != Status.COMPLETED or not 0 <= index < len(generation.outputs or []):
         return []
     reference = f"{generation.pk}/{index}"
     generate = reverse("generate")
     return [{"workflow": workflow, "url": f"{generate}?{urlencode({'workflow': workflow.slug, 'input': reference})}"}
-            for workflow in all_workflows() if input_image_field(workflow) is not None]
+            for workflow in workflows if input_image_field(workflow) is not None]
 
 
 @login_required
@@ -337,7 +345,8 @@ def image_viewer(request, request_id, index):
         "next": reverse("image-viewer", args=[following[0].pk, following[1]]) if following else None,
         "parameters_json": json.dumps({"workflow": generation.workflow_slug, **(generation.params or {})}, indent=2),
         "parameters_text": generation.workflow.a1111_parameters(generation.params),
-        "use_as_input": use_as_input_links(generation, index) if generation.user_id == request.user.pk else [],
+        "use_as_input": use_as_input_links(generation, index, workflows=all_workflows(request.user))
+        if generation.user_id == request.user.pk else [],
         **_parameters_context(generation),
     })
 

@@ -9,7 +9,7 @@ the API answers.
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from generation.models import GenerationRequest, InputImage, WebhookSecret
+from generation.models import GenerationRequest, InputImage, WebhookSecret, WorkflowTemplate
 from generation.representation import request_representation
 from models_registry.models import AvailableModel, ModelType
 
@@ -114,7 +114,8 @@ class GenerationRequestSerializer(serializers.ModelSerializer):
     def to_representation(self, instance):
         request = self.context.get("request")
         positions = self.context.get("queue_positions")
-        options = {"absolute": request.build_absolute_uri if request is not None else None}
+        options = {"absolute": request.build_absolute_uri if request is not None else None,
+                   "workflows": self.context.get("workflows")}
         if positions is not None:  # a list page computed them for all its rows at once
             options["queue_position"] = positions.get(instance.pk)
         return request_representation(instance, **options)
@@ -152,6 +153,44 @@ class InputUploadResultSerializer(InputImageSerializer):
     class Meta(InputImageSerializer.Meta):
         fields = [*InputImageSerializer.Meta.fields, "mask"]
         read_only_fields = fields
+
+
+class TemplateCreateSerializer(StrictSerializer):
+    name = serializers.CharField(max_length=120)
+    graph = serializers.JSONField(help_text="ComfyUI's API-format graph (Export (API)) or a saved workflow file")
+    slug = serializers.CharField(required=False, max_length=64, help_text="Default: from the name")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class TemplateUpdateSerializer(StrictSerializer):
+    name = serializers.CharField(required=False, max_length=120)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    is_enabled = serializers.BooleanField(required=False)
+    visibility = serializers.ChoiceField(required=False, choices=WorkflowTemplate.Visibility.choices)
+    groups = serializers.ListField(required=False, child=serializers.CharField(max_length=150), max_length=100,
+                                   help_text="Group names (visibility \"groups\")")
+    parameters = serializers.JSONField(required=False, help_text="The definition: a list of parameter specs")
+    outputs = serializers.ListField(required=False, child=serializers.CharField(max_length=64), max_length=100)
+    graph = serializers.JSONField(required=False, help_text="A new graph (its parameters are proposed again "
+                                                            "unless given)")
+
+
+class TemplateSerializer(serializers.Serializer):
+    """A published workflow as staff see it."""
+
+    slug = serializers.CharField()
+    version = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    is_enabled = serializers.BooleanField()
+    visibility = serializers.CharField()
+    groups = serializers.ListField(child=serializers.CharField())
+    parameters = serializers.JSONField(help_text="JSON Schema of the parameters")
+    definition = serializers.JSONField(help_text="{parameters: [specs], outputs: [node ids]} of the latest version")
+    widgets = serializers.JSONField(help_text="Every value input of the graph: what may become a parameter")
+    versions = serializers.JSONField(help_text="[{version, created_at, in_use}]")
+    runnable_on = serializers.ListField(child=serializers.CharField(), help_text="Backends that can run it")
+    notes = serializers.ListField(child=serializers.CharField(), help_text="What importing left out")
 
 
 class WorkflowSerializer(serializers.Serializer):

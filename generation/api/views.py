@@ -35,6 +35,9 @@ from generation.api.serializers import (
     InputUploadResultSerializer,
     InputUploadSerializer,
     RegenerateSerializer,
+    TemplateCreateSerializer,
+    TemplateSerializer,
+    TemplateUpdateSerializer,
     TokenRequestSerializer,
     TokenSerializer,
     WebhookSecretSerializer,
@@ -45,9 +48,10 @@ from generation.errors import LoginLocked
 from generation.idempotency import HEADER as IDEMPOTENCY_HEADER
 from generation.idempotency import REGENERATE, SUBMIT, Idempotency
 from generation.login_guard import locked_for
+from generation.models import WorkflowTemplate
 from generation.selectors import queue_positions, request_for_user, requests_visible_to
 from generation.webhooks import rotate_webhook_secret, webhook_secret_for
-from generation.workflows import UnknownWorkflow, all_workflows, get_workflow
+from generation.workflows import UnknownWorkflow, all_workflows, get_builtin, get_workflow, templates, workflows_for
 from generation.workflows.fields import Context
 from models_registry.models import AvailableModel
 
@@ -149,7 +153,8 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         # every waiting row's queue position in one query, not two per row
-        context = {**self.get_serializer_context(), "queue_positions": queue_positions(page)}
+        context = {**self.get_serializer_context(), "queue_positions": queue_positions(page),
+                   "workflows": workflows_for({(row.workflow_slug, row.workflow_version) for row in page})}
         return self.get_paginated_response(GenerationRequestSerializer(page, many=True, context=context).data)
 
     def _render(self, generation, *, status_code=status.HTTP_200_OK, headers=None):
@@ -239,20 +244,88 @@ def workflow_document(workflow, ctx=None):
 
 class WorkflowViewSet(viewsets.ViewSet):
     """The workflows you can run, each with the JSON Schema of its parameters (limits and choices
-    come from the ComfyUI catalogue and the model registry)."""
+    come from the ComfyUI catalogue and the model registry). Staff publish ComfyUI graphs as
+    workflows here too (POST, PATCH, DELETE: docs/workflows.md)."""
 
     lookup_field = "slug"
     lookup_value_regex = "[a-z0-9][a-z0-9_-]{0,63}"
+    parser_classes = [BoundedJSONParser]
+
+    def get_permissions(self):
+        if self.action in ("create", "partial_update", "destroy", "delete_version"):
+            return [IsAdminUser()]
+        return super().get_permissions()
+
+    def _template(self, slug):
+        template = WorkflowTemplate.objects.filter(slug=slug).first()
+        if template is None:
+            raise Http404("No such workflow.")
+        return template
+
+    def _staff_document(self, request, template, status_code=status.HTTP_200_OK):
+        return Response(templates.staff_document(template, ctx=Context(user=request.user)), status=status_code)
+
+    @extend_schema(summary="Staff: publish a ComfyUI graph (API format or a saved workflow) as a workflow",
+                   request=TemplateCreateSerializer,
+                   responses={201: TemplateSerializer, 400: _ERR, 401: _ERR, 403: _ERR, 413: _ERR, 415: _ERR})
+    def create(self, request):
+        body = TemplateCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            template = templates.create_template(user=request.user, **body.validated_data)
+        except templates.TemplateInvalid as exc:
+            raise ValidationError(exc.fields) from exc
+        return self._staff_document(request, template, status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Staff: edit a published workflow (a changed definition or graph makes a new version)",
+                   request=TemplateUpdateSerializer,
+                   responses={200: TemplateSerializer, 400: _ERR, 401: _ERR, 403: _ERR, 404: _ERR})
+    def partial_update(self, request, slug=None):
+        template = self._template(slug)
+        body = TemplateUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            templates.update_template(template=template, user=request.user, **body.validated_data)
+        except templates.TemplateInvalid as exc:
+            raise ValidationError(exc.fields) from exc
+        return self._staff_document(request, template)
+
+    @extend_schema(summary="Staff: delete a published workflow no request ever ran (else disable it)",
+                   responses={204: None, 401: _ERR, 403: _ERR, 404: _ERR, 409: _ERR})
+    def destroy(self, request, slug=None):
+        try:
+            templates.delete_template(self._template(slug))
+        except templates.TemplateInUse as exc:
+            return Response(error_body(code="workflow_in_use", message=str(exc)), status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(summary="Staff: delete one version no request ran",
+                   parameters=[OpenApiParameter("version", OpenApiTypes.INT, OpenApiParameter.PATH)],
+                   responses={204: None, 401: _ERR, 403: _ERR, 404: _ERR, 409: _ERR})
+    @action(detail=True, methods=["delete"], url_path=r"versions/(?P<version>[0-9]{1,6})", url_name="version")
+    def delete_version(self, request, slug=None, version=None):
+        row = self._template(slug).versions.filter(version=int(version)).first()
+        if row is None:
+            raise Http404("No such version.")
+        try:
+            templates.delete_version(row)
+        except templates.TemplateInUse as exc:
+            return Response(error_body(code="workflow_in_use", message=str(exc)), status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(summary="Workflows you can run", responses={200: WorkflowSerializer(many=True), **AUTH_ERRORS})
     def list(self, request):
         ctx = Context(user=request.user)
-        return Response([workflow_document(workflow, ctx) for workflow in all_workflows()])
+        return Response([workflow_document(workflow, ctx) for workflow in all_workflows(request.user)])
 
-    @extend_schema(summary="One workflow and its parameters", responses={200: WorkflowSerializer, **READ_ERRORS})
+    @extend_schema(summary="One workflow and its parameters (staff also get a published workflow's definition, "
+                           "versions and every widget input of its graph)",
+                   responses={200: WorkflowSerializer, **READ_ERRORS})
     def retrieve(self, request, slug=None):
+        if request.user.is_staff and get_builtin(slug) is None:
+            return self._staff_document(request, self._template(slug))
         try:
-            workflow = get_workflow(slug)
+            workflow = get_workflow(slug, user=request.user)
         except UnknownWorkflow:
             raise Http404("No such workflow.") from None
         return Response(workflow_document(workflow, Context(user=request.user)))

@@ -33,6 +33,9 @@ STEPPED_NODE_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom
                                   "ImageUpscaleWithModel"})
 STEPPED_SHARE = 0.85  # of the progress bar: stepped nodes (sampling) dominate a run's time
 PLACEHOLDER_FILE = "genonaut/placeholder.png"
+# loader inputs that name a file of a model folder a backend lists (its capabilities)
+LOADER_INPUTS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("LoraLoader", "lora_name"): "loras",
+                 ("LoraLoaderModelOnly", "lora_name"): "loras", ("UpscaleModelLoader", "model_name"): "upscale_models"}
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,14 @@ class Workflow:
         return self.parameters.model_references(params)
 
     def requirements(self, params):
+        """The graph's node classes, and the model files its loaders name (parameters and fixed values)."""
         graph = self.build(params, files={path: InputFile(PLACEHOLDER_FILE, 512, 512)
                                           for path in self.input_files(params)},
                            filename_prefix="genonaut/requirements")
         models = [(MODEL_FOLDERS[model_type], name) for model_type, name in self.model_references(params)]
+        models += [(folder, node["inputs"][name]) for node in graph.values()
+                   for (class_type, name), folder in LOADER_INPUTS.items()
+                   if node.get("class_type") == class_type and isinstance(node.get("inputs", {}).get(name), str)]
         return Requirements.of({node["class_type"] for node in graph.values()}, models)
 
     def output_nodes(self, graph):

@@ -359,6 +359,29 @@ class Choice(Field):
         return self._schema_base({"type": "string", "enum": list(self.choices(ctx))})
 
 
+class Boolean(Field):
+    kind = "boolean"
+    widget = "checkbox"
+
+    def __init__(self, name, *, label, default=False, **kwargs):
+        super().__init__(name, label=label, default=bool(default), **kwargs)
+
+    def clean(self, raw, ctx, errors):
+        value = self.default if raw in (MISSING, None, "") else raw
+        if isinstance(value, str) and value.lower() in ("true", "on", "1", "yes", "false", "off", "0", "no"):
+            value = value.lower() in ("true", "on", "1", "yes")
+        if not isinstance(value, bool):
+            errors.add(self.name, "Must be true or false.")
+            return None
+        return value
+
+    def from_form(self, post):
+        return "on" if post.get(self.html_name) else "off"
+
+    def schema(self, ctx):
+        return self._schema_base({"type": "boolean"})
+
+
 class Seed(Field):
     """A sampler seed: ``-1`` (the default) draws a random one, stored so the image can be reproduced."""
 

@@ -44,7 +44,7 @@ def test_every_page_keeps_working_under_the_policy(live_server, page, transactio
     assert page.locator("img").first.evaluate("img => img.naturalWidth") > 0
     # the interactive API docs render the schema (scripts from files only)
     visit(page, f"{base}/api/docs/")
-    expect(page.get_by_text("Genonaut API").first).to_be_visible()
+    expect(page.get_by_text("Genonaut API").first).to_be_visible(timeout=20_000)
     expect(page.locator(".opblock").first).to_be_visible()
     assert page.errors == []
 

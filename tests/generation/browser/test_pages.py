@@ -252,8 +252,9 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
 
 def test_history_filters_apply_as_they_change(live_server, page, transactional_db, user, checkpoint, make_generation):
     other = AvailableModel.objects.create(name="sdxl/other.safetensors", type=ModelType.CHECKPOINT)
-    for n, (prompt, status) in enumerate([("a lighthouse at dusk", Status.COMPLETED), ("a harbour at dawn", Status.FAILED),
-                                          ("a lighthouse in fog", Status.CANCELLED), ("stormy sea", Status.QUEUED)]):
+    rows = [("a lighthouse at dusk", Status.COMPLETED), ("a harbour at dawn", Status.FAILED),
+            ("a lighthouse in fog", Status.CANCELLED), ("stormy sea", Status.QUEUED)]
+    for n, (prompt, status) in enumerate(rows):
         row = stored(user, checkpoint, n, status)
         GenerationRequest.objects.filter(pk=row.pk).update(prompt=prompt, created_at=f"2026-03-0{n + 1}T12:00:00Z")
     sdxl = stored(user, other, 9, Status.COMPLETED)

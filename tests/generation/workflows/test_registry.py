@@ -12,12 +12,14 @@ from generation.workflows.fields import Context
 BUILT_IN = {"txt2img", "img2img", "inpaint", "hires", "upscale"}
 
 
+@pytest.mark.django_db  # the registry also lists operator-defined workflows
 def test_every_built_in_is_registered_and_txt2img_is_the_default():
     slugs = [workflow.slug for workflow in all_workflows()]
     assert set(slugs) == BUILT_IN and slugs[0] == DEFAULT_WORKFLOW == "txt2img"
     assert all(isinstance(w, Workflow) and w.name and w.description for w in all_workflows())
 
 
+@pytest.mark.django_db
 @pytest.mark.parametrize("slug", [None, "", "nope", 42, "TXT2IMG"])
 def test_unknown_workflows_are_a_400_naming_the_field(slug):
     with pytest.raises(UnknownWorkflow) as caught:
