@@ -18,7 +18,7 @@ from generation.workflows.common import SIZE_PRESETS
 from generation.workflows.fields import MISSING, Context, Image, Loras, lookup
 
 CONTENT_KINDS = frozenset({"image", "text", "loras"})  # what the person gives: the form's left column
-COMPACT_KINDS = frozenset({"integer", "number", "seed", "choice"})  # two to a row in the settings column
+COMPACT_KINDS = frozenset({"integer", "number", "choice"})  # two to a row in the settings column
 
 
 def input_image_field(workflow):

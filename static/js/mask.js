@@ -61,7 +61,8 @@
       return Number(brush.value) || 40;
     }
 
-    /* Screen pixels to the canvas's (the image's) pixels. */
+    /* Screen pixels to the canvas's (the image's) pixels; the preview may be stretched a little
+     * (a very tall image at the least width), so each axis has its own ratio. */
     function scale() {
       var box = canvas.getBoundingClientRect();
       return box.width ? canvas.width / box.width : 1;
@@ -69,8 +70,8 @@
 
     function pointOf(event) {
       var box = canvas.getBoundingClientRect();
-      var ratio = scale();
-      return { x: (event.clientX - box.left) * ratio, y: (event.clientY - box.top) * ratio };
+      return { x: (event.clientX - box.left) * (box.width ? canvas.width / box.width : 1),
+               y: (event.clientY - box.top) * (box.height ? canvas.height / box.height : 1) };
     }
 
     function moveCursor(event) {

@@ -252,14 +252,16 @@ def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, mo
 
 def test_history_filters_apply_as_they_change(live_server, page, transactional_db, user, checkpoint, make_generation):
     other = AvailableModel.objects.create(name="sdxl/other.safetensors", type=ModelType.CHECKPOINT)
-    rows = [("a lighthouse at dusk", Status.COMPLETED), ("a harbour at dawn", Status.FAILED),
-            ("a lighthouse in fog", Status.CANCELLED), ("stormy sea", Status.QUEUED)]
-    for n, (prompt, status) in enumerate(rows):
-        row = stored(user, checkpoint, n, status)
-        GenerationRequest.objects.filter(pk=row.pk).update(prompt=prompt, created_at=f"2026-03-0{n + 1}T12:00:00Z")
-    sdxl = stored(user, other, 9, Status.COMPLETED)
-    GenerationRequest.objects.filter(pk=sdxl.pk).update(prompt="a lighthouse, sdxl", workflow_slug="hires",
-                                                        created_at="2026-03-09T12:00:00Z")
+    rows = [("a lighthouse at dusk", Status.COMPLETED, {"images": 1}),
+            ("a harbour at dawn", Status.FAILED, {"error": "ComfyUI refused the graph: ckpt_name not in list"}),
+            ("a lighthouse in fog", Status.RUNNING, {"progress": 0.4, "current_step": 8, "total_steps": 20}),
+            ("stormy sea", Status.QUEUED, {})]
+    for n, (prompt, status, fields) in enumerate(rows):
+        row = make_generation(user, status, prompt=prompt, **fields)
+        GenerationRequest.objects.filter(pk=row.pk).update(created_at=f"2026-03-0{n + 1}T12:00:00Z")
+    sdxl = make_generation(user, Status.COMPLETED, images=1, prompt="a lighthouse, sdxl", checkpoint=other,
+                           checkpoint_model=other.name, workflow_slug="hires")
+    GenerationRequest.objects.filter(pk=sdxl.pk).update(created_at="2026-03-09T12:00:00Z")
     done = make_generation(user, Status.COMPLETED, images=3, prompt="three moons")  # a batch: every image shown
     log_in(page, live_server.url, user)
     page.goto(f"{live_server.url}/history/")
@@ -268,6 +270,9 @@ def test_history_filters_apply_as_they_change(live_server, page, transactional_d
     expect(cards).to_have_count(6)
     expect(page.locator(f'[data-request-id="{done.pk}"] .card-thumbs img')).to_have_count(3)
     expect(page.get_by_role("button", name="Apply")).to_have_count(0)  # no Apply button: changes apply themselves
+    page.wait_for_function("() => [...document.querySelectorAll('#history img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    screenshot(page, "history-tiles")
 
     page.get_by_label("Search prompts").press_sequentially("lighthouse", delay=20)
     expect(cards).to_have_count(3)
