@@ -233,7 +233,6 @@ class HistoryFilterForm(forms.Form):
         self.fields["status"].choices = [("", "All"), *Status.choices]
         self.fields["workflow"].choices = [("", "All"), *[(w.slug, w.name) for w in workflows]]
         self.fields["checkpoint"].choices = [("", "All"), *[(name, name) for name in checkpoint_names()]]
-        self.full_clean()
 
     EARLIEST, LATEST = datetime.date(1970, 1, 1), datetime.date(9999, 12, 30)  # a day after LATEST still exists
 
@@ -257,7 +256,7 @@ class HistoryFilterForm(forms.Form):
         return data
 
     def _value(self, name):
-        return self.cleaned_data.get(name) if name not in self.errors else None
+        return None if name in self.errors else self.cleaned_data.get(name)  # .errors validates first
 
     @property
     def newest_first(self):

@@ -173,8 +173,11 @@
       var image = new Image();
       image.addEventListener("load", function () {
         if (image.naturalWidth !== canvas.width || image.naturalHeight !== canvas.height) {
-          say("This mask is " + image.naturalWidth + " × " + image.naturalHeight + "; it must be the image's size, " +
-              canvas.width + " × " + canvas.height + ".");
+          // not sent: it could only be refused (a mask must have its image's size)
+          value.value = "";
+          fileInput.value = "";
+          say("That mask is " + image.naturalWidth + " × " + image.naturalHeight + "; a mask must have the image's " +
+              "size, " + canvas.width + " × " + canvas.height + ". Paint one, or choose another file.");
           return;
         }
         var scratch = document.createElement("canvas");

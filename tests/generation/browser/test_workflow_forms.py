@@ -203,7 +203,7 @@ def test_drop_zone_paste_and_remove_and_a_kept_image_after_errors(live_server, p
     assert page.errors == []
 
 
-def test_mask_painter_brush_erase_clear_and_a_kept_mask(live_server, page, user, checkpoint):
+def test_mask_painter_brush_erase_clear_and_a_kept_mask(live_server, page, user, checkpoint, tmp_path):
     log_in(page, live_server.url, user)
     page.goto(f"{live_server.url}/?workflow=inpaint")
     expect(page.locator("[data-mask-status]")).to_contain_text("Choose the input image first")
@@ -247,6 +247,17 @@ def test_mask_painter_brush_erase_clear_and_a_kept_mask(live_server, page, user,
     assert preview_size(page) == [64, 64]
     assert canvas.evaluate("c => [c.width, c.height]") == [64, 64] and canvas.evaluate(painted) == 0
     assert page.locator('input[name="mask_image"][data-image-value]').input_value() == ""
+    # a mask file: loaded into the painter when it fits, turned away when it does not
+    wrong, right = tmp_path / "wrong.png", tmp_path / "right.png"
+    wrong.write_bytes(image_bytes(32, 32, color=(255, 255, 255)))
+    right.write_bytes(image_bytes(64, 64, mode="L", color=(255,)))
+    mask_input = page.locator("#id_mask_image")
+    mask_input.set_input_files(str(wrong))
+    expect(page.locator("[data-mask-status]")).to_contain_text("That mask is 32 × 32; a mask must have the image's")
+    assert mask_input.evaluate("input => input.files.length") == 0
+    mask_input.set_input_files(str(right))
+    expect(page.locator("[data-mask-status]")).to_have_text("Mask file loaded: paint or erase to change it.")
+    assert canvas.evaluate(painted) == 64 * 64
     assert page.errors == []
 
 
