@@ -7,6 +7,7 @@ workflows are edited through :mod:`generation.workflows.templates` (new versions
 
 import json
 import uuid
+from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
@@ -24,6 +25,18 @@ from generation.models import BackendState, GenerationRequest, WorkflowTemplate
 from generation.workflows import builtin_workflows, templates
 
 
+def _short_name(name):
+    """A model file name without folders and extension, the full name in a tooltip (list columns)."""
+    if not name:
+        return "—"
+    short = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return format_html('<span title="{}">{}</span>', name, truncatechars(short, 32))
+
+
+def _host(url):
+    return urlsplit(url).netloc or url or "—"
+
+
 def _pretty_json(value):
     if value in (None, "", {}, []):
         return "—"
@@ -32,9 +45,6 @@ def _pretty_json(value):
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    class Media:
-        css = {"all": ["css/admin.css"]}
-
     def has_add_permission(self, request):
         return False
 
@@ -79,8 +89,8 @@ class WorkflowFilter(admin.SimpleListFilter):
 
 @admin.register(GenerationRequest)
 class GenerationRequestAdmin(ReadOnlyAdmin):
-    list_display = ("id", "user", "status", "workflow_slug", "short_prompt", "checkpoint_model", "backend",
-                    "progress_percent", "attempts", "created_at", "finished_at")
+    list_display = ("short_id", "user", "status", "workflow_slug", "short_prompt", "short_checkpoint", "backend_host",
+                    "progress_percent", "attempts", "created_at")
     list_filter = ("status", WorkflowFilter, BackendFilter, ("created_at", admin.DateFieldListFilter))
     list_select_related = ("user", "run")
     search_fields = ("prompt", "user__username", "user__email", "comfyui_prompt_id")
@@ -110,9 +120,21 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
             return super().get_search_results(request, queryset, search_term)
         return queryset.filter(pk=request_id), False
 
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj):
+        return format_html('<span title="{}">{}…</span>', obj.pk, str(obj.pk)[:8])
+
     @admin.display(description="prompt")
     def short_prompt(self, obj):
-        return truncatechars(obj.prompt, 60)
+        return truncatechars(obj.prompt, 50)
+
+    @admin.display(description="checkpoint", ordering="checkpoint_model")
+    def short_checkpoint(self, obj):
+        return _short_name(obj.checkpoint_model)
+
+    @admin.display(description="backend", ordering="backend")
+    def backend_host(self, obj):
+        return _host(obj.backend)
 
     @admin.display(description="progress", ordering="run__progress")
     def progress_percent(self, obj):
@@ -145,13 +167,21 @@ class GenerationRequestAdmin(ReadOnlyAdmin):
 
 @admin.register(BackendState)
 class BackendStateAdmin(ReadOnlyAdmin):
-    list_display = ("url", "is_healthy", "capacity", "consecutive_failures", "down_until", "loaded_checkpoint",
-                    "jobs_completed", "jobs_failed", "last_ok_at", "last_checked_at", "short_error")
+    list_display = ("url", "is_healthy", "capacity", "consecutive_failures", "down_until", "short_checkpoint",
+                    "jobs", "last_ok_at", "last_checked_at", "short_error")
     list_filter = ("is_healthy",)
+
+    @admin.display(description="loaded checkpoint", ordering="loaded_checkpoint")
+    def short_checkpoint(self, obj):
+        return _short_name(obj.loaded_checkpoint)
+
+    @admin.display(description="jobs done / failed")
+    def jobs(self, obj):
+        return f"{obj.jobs_completed} / {obj.jobs_failed}"
 
     @admin.display(description="last error")
     def short_error(self, obj):
-        return truncatechars(obj.last_error, 80)
+        return format_html('<span title="{}">{}</span>', obj.last_error, truncatechars(obj.last_error, 70))
 
 
 @admin.register(LoginCounter)

@@ -197,8 +197,8 @@ def backend_overview(*, recent_failures=5):
     ``last_checked_at``, ``capacity``, ``running`` (jobs assigned to it), ``executing`` (of those,
     started on ComfyUI), ``waiting_on_backend`` (of those, still in ComfyUI's own queue),
     ``storing_outputs`` (of those, finished on ComfyUI, images being stored: they hold no slot),
-    ``free_slots``, ``loaded_checkpoint``, ``jobs_completed`` / ``jobs_failed`` (all time),
-    ``completed_last_hour`` / ``failed_last_hour``, ``recent_failures`` (newest first:
+    ``free_slots``, ``loaded_checkpoint`` ("" for a backend that never answered), ``jobs_completed`` /
+    ``jobs_failed`` (all time), ``completed_last_hour`` / ``failed_last_hour``, ``recent_failures`` (newest first:
     ``{"request_id", "finished_at", "error"}``).
 
     Costs four queries and none grows with history: running rows come from their partial index, the
@@ -231,7 +231,8 @@ def backend_overview(*, recent_failures=5):
             "waiting_on_backend": on_backend - counts["executing"],
             "storing_outputs": counts["storing"],
             "free_slots": max(0, row.capacity - on_backend) if row.is_healthy else 0,
-            "loaded_checkpoint": row.loaded_checkpoint,
+            # the checkpoint of the last job sent there: unknown until the backend has ever answered
+            "loaded_checkpoint": row.loaded_checkpoint if row.last_ok_at else "",
             "jobs_completed": row.jobs_completed,
             "jobs_failed": row.jobs_failed,
             "completed_last_hour": last_hour.get((row.url, Status.COMPLETED), 0),

@@ -6,9 +6,25 @@ is the one place that says what is valid. This module turns posted fields into t
 back at the control that produced it, with everything the person typed kept.
 """
 
+import datetime
+
+from django import forms
+from django.utils import timezone
+
+from generation.selectors import SEARCH_WORDS, RequestFilters, checkpoint_names
+from generation.states import Status
 from generation.workflows import all_workflows
 from generation.workflows.common import SIZE_PRESETS
 from generation.workflows.fields import MISSING, Context, Image, Loras, lookup
+
+CONTENT_KINDS = frozenset({"image", "text", "loras"})  # what the person gives: the form's left column
+COMPACT_KINDS = frozenset({"integer", "number", "choice"})  # two to a row in the settings column
+
+
+def input_image_field(workflow):
+    """The image parameter a result fills ("use as input") and a mask is painted over: the
+    workflow's first image that is not a mask, or ``None``."""
+    return next((item for item in workflow.parameters if isinstance(item, Image) and not item.is_mask), None)
 
 
 class GenerateForm:
@@ -90,14 +106,18 @@ class GenerateForm:
 
     # --- rendering -------------------------------------------------------------------------------
 
-    def controls(self, *, advanced):
-        """The controls to render, in definition order: ``{"field", "value", "errors", …}``."""
+    def controls(self, *, advanced, content=None):
+        """The controls to render, in definition order: ``{"field", "value", "errors", …}``.
+
+        ``content`` True keeps what the person gives (images, text, LoRAs: the left column), False
+        the settings (the right column), ``None`` both.
+        """
         rows = []
         for item in self.workflow.parameters:
-            if item.advanced != advanced:
+            if item.advanced != advanced or (content is not None and (item.kind in CONTENT_KINDS) != content):
                 continue
             row = {"field": item, "value": self.values.get(item.name, ""), "errors": self.errors.get(item.name, []),
-                   "template": f"generation/fields/{item.widget}.html"}
+                   "template": f"generation/fields/{item.widget}.html", "compact": item.kind in COMPACT_KINDS}
             if item.kind in ("integer", "number"):
                 row["min"], row["max"] = item.bounds(self.ctx)
                 row["step"] = item.step(self.ctx)
@@ -112,12 +132,18 @@ class GenerateForm:
                 row["max_length"] = item.max_length(self.ctx)
             elif item.kind == "image":
                 row["preview"] = self.previews.get(item.name)
+                if item.is_mask and (image := input_image_field(self.workflow)) is not None:
+                    row["paints_over"] = image.html_id
             rows.append(row)
         return rows
 
     @property
-    def main_controls(self):
-        return self.controls(advanced=False)
+    def content_controls(self):
+        return self.controls(advanced=False, content=True)
+
+    @property
+    def settings_controls(self):
+        return self.controls(advanced=False, content=False)
 
     @property
     def advanced_controls(self):
@@ -179,3 +205,78 @@ def _store(data, name, value):
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+
+
+class HistoryFilterForm(forms.Form):
+    """The History page's filters, from the query string: invalid values are reported at their
+    control and left out of the filter, so a mistyped date never empties the page. ``workflows``:
+    those the person may choose from.
+
+    The dates are whole days in the display time zone, both inclusive (``date_to`` 2026-12-01
+    includes that day); the rules themselves are :func:`generation.selectors.filter_requests`.
+    """
+
+    SORTS = {"newest": "Newest first", "oldest": "Oldest first"}
+
+    search = forms.CharField(required=False, max_length=200, label="Search prompts", strip=True,
+                             widget=forms.SearchInput(attrs={"placeholder": f"Up to {SEARCH_WORDS} words",
+                                                             "autocomplete": "off"}))
+    status = forms.ChoiceField(required=False, label="Status")
+    workflow = forms.ChoiceField(required=False, label="Workflow")
+    checkpoint = forms.ChoiceField(required=False, label="Checkpoint")
+    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    sort = forms.ChoiceField(required=False, label="Sort", choices=list(SORTS.items()))
+
+    def __init__(self, data, *, workflows, **kwargs):
+        super().__init__(data, **kwargs)
+        self.fields["status"].choices = [("", "All"), *Status.choices]
+        self.fields["workflow"].choices = [("", "All"), *[(w.slug, w.name) for w in workflows]]
+        self.fields["checkpoint"].choices = [("", "All"), *[(name, name) for name in checkpoint_names()]]
+
+    EARLIEST, LATEST = datetime.date(1970, 1, 1), datetime.date(9999, 12, 30)  # a day after LATEST still exists
+
+    def _clean_day(self, name):
+        day = self.cleaned_data.get(name)
+        if day and not self.EARLIEST <= day <= self.LATEST:
+            raise forms.ValidationError(f"Enter a date from {self.EARLIEST.year} on.")
+        return day
+
+    def clean_date_from(self):
+        return self._clean_day("date_from")
+
+    def clean_date_to(self):
+        return self._clean_day("date_to")
+
+    def clean(self):
+        data = super().clean()
+        first, last = data.get("date_from"), data.get("date_to")
+        if first and last and first > last:
+            self.add_error("date_to", "Must not be before the start date.")
+        return data
+
+    def _value(self, name):
+        return None if name in self.errors else self.cleaned_data.get(name)  # .errors validates first
+
+    @property
+    def newest_first(self):
+        return self._value("sort") != "oldest"
+
+    def filters(self):
+        """The valid part as :class:`~generation.selectors.RequestFilters`."""
+        first, last = self._value("date_from"), self._value("date_to")
+        return RequestFilters(
+            statuses=(self._value("status"),) if self._value("status") else (),
+            workflow=self._value("workflow") or None, checkpoint=self._value("checkpoint") or None,
+            search=self._value("search") or "",
+            created_after=_start_of(first) if first else None,
+            created_before=_start_of(last + datetime.timedelta(days=1)) if last else None)
+
+    @property
+    def is_filtered(self):
+        return bool(self.filters())
+
+
+def _start_of(day):
+    """Midnight at the start of ``day`` in the display time zone."""
+    return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))

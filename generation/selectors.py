@@ -1,11 +1,15 @@
 """Reads: the queries the API and the UI share."""
 
+import datetime
+from dataclasses import dataclass
+
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from generation.models import BackendState, GenerationRequest
 from generation.states import WAITING, Status
+from models_registry.models import AvailableModel, ModelType
 
 NO_BACKEND_REACHABLE = "no_backend_reachable"
 RETRYING = "retrying"
@@ -107,12 +111,68 @@ def waiting_reasons(requests, *, now=None):
     return reasons
 
 
-def history_for_user(user, *, status=None, newest_first=True):
-    """``user``'s own requests for the history page, optionally one status, by creation date."""
-    qs = GenerationRequest.objects.filter(user=user).select_related("run")
-    if status:
-        qs = qs.filter(status=status)
+SEARCH_WORDS = 8  # words of a search that count (each must appear in the prompt)
+
+
+@dataclass(frozen=True)
+class RequestFilters:
+    """What a request list may be narrowed by; the API's query string and the History page's form
+    both become one of these (each validates its own input), and :func:`filter_requests` applies it.
+
+    ``created_after`` is inclusive, ``created_before`` exclusive (aware datetimes).
+    """
+
+    statuses: tuple = ()
+    checkpoint: str | None = None  # the checkpoint name as sent, exact
+    workflow: str | None = None  # a workflow slug
+    created_after: datetime.datetime | None = None
+    created_before: datetime.datetime | None = None
+    search: str = ""  # every word must appear in the prompt, case-insensitive
+    user: object = None  # staff listing one user's requests
+
+    @property
+    def search_words(self):
+        return self.search.split()[:SEARCH_WORDS]
+
+    def __bool__(self):
+        return bool(self.statuses or self.checkpoint is not None or self.workflow is not None or self.created_after
+                    or self.created_before or self.search_words or self.user is not None)
+
+
+def filter_requests(queryset, filters):
+    """``queryset`` narrowed by ``filters`` (a :class:`RequestFilters`): the one home of these rules."""
+    if filters.statuses:
+        queryset = queryset.filter(status__in=list(filters.statuses))
+    if filters.checkpoint is not None:
+        queryset = queryset.filter(checkpoint_model=filters.checkpoint)
+    if filters.workflow is not None:
+        queryset = queryset.filter(workflow_slug=filters.workflow)
+    if filters.created_after is not None:
+        queryset = queryset.filter(created_at__gte=filters.created_after)
+    if filters.created_before is not None:
+        queryset = queryset.filter(created_at__lt=filters.created_before)
+    for word in filters.search_words:
+        queryset = queryset.filter(prompt__icontains=word)
+    if filters.user is not None:
+        queryset = queryset.filter(user=filters.user)
+    return queryset
+
+
+def history_for_user(user, *, filters=None, newest_first=True):
+    """``user``'s own requests for the history page, narrowed by ``filters``, by creation date."""
+    qs = filter_requests(GenerationRequest.objects.filter(user=user).select_related("run"),
+                         filters or RequestFilters())
     return qs.order_by("-created_at" if newest_first else "created_at")
+
+
+def checkpoint_names():
+    """Every checkpoint name the registry lists, active or not, sorted: what the History filter offers.
+
+    A request's checkpoint row is protected from deletion, so every checkpoint a request was made
+    with is here, retired ones too; a bounded catalogue instead of a DISTINCT over a history that
+    may hold millions of rows."""
+    return list(AvailableModel.objects.filter(type=ModelType.CHECKPOINT).order_by("name")
+                .values_list("name", flat=True))
 
 
 def adjacent_images(*, request, index):

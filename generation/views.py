@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import uuid
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -22,16 +23,15 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from generation import inputs, selectors, services
 from generation.errors import GenerationError, NotCancellable, ParamsInvalid
-from generation.forms import GenerateForm
+from generation.forms import GenerateForm, HistoryFilterForm, input_image_field
 from generation.idempotency import SUBMIT, Idempotency
 from generation.models import InputImage
 from generation.states import Status
-from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, get_workflow
+from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, all_workflows, get_workflow, workflows_for
 from generation.workflows.fields import Image
 from models_registry.models import ModelType, offered_models
 
 HISTORY_PAGE_SIZE = 24
-SORTS = {"newest": True, "oldest": False}
 
 
 def _get_request_or_404(user, request_id):
@@ -164,7 +164,7 @@ def generate(request):
 def _use_as_input(request, form):
     """``?input=<request id>/<n>`` ("use as input" on a result) fills the workflow's first image control."""
     reference = request.GET.get("input", "")
-    target = next((item for item in form.workflow.parameters if isinstance(item, Image) and not item.is_mask), None)
+    target = input_image_field(form.workflow)
     if target is not None and reference:
         form.values[target.name] = reference[:100]
 
@@ -292,20 +292,45 @@ class LookaheadPaginator(Paginator):
 
 @login_required
 def history(request):
-    """The person's requests: grid or list, filter by status, sort by date, paginated."""
-    status = request.GET.get("status") or ""
-    if status not in Status.values:
-        status = ""
-    sort = request.GET.get("sort") if request.GET.get("sort") in SORTS else "newest"
-    requests = selectors.history_for_user(request.user, status=status or None, newest_first=SORTS[sort])
+    """The person's requests: grid or list, filtered (prompt words, status, workflow, checkpoint,
+    dates), sorted by date, paginated."""
+    workflows = all_workflows(request.user)
+    filters = HistoryFilterForm(request.GET, workflows=workflows)
+    requests = selectors.history_for_user(request.user, filters=filters.filters(), newest_first=filters.newest_first)
     number = request.GET.get("page", "")
     number = int(number) if re.fullmatch(r"[0-9]{1,8}", number) else 1  # ASCII: int("²") raises
     page = LookaheadPaginator(requests, HISTORY_PAGE_SIZE, number=number).get_page(number)
-    cards = [{"generation": g, "images": image_links(g)} for g in page.object_list]
-    return render(request, "generation/history.html",
-                  {"page": page, "cards": cards, "status": status, "sort": sort, "statuses": Status.choices,
-                   "has_any": status != "" or page.paginator.count > 0 or
-                   selectors.history_for_user(request.user).exists()})
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "generation/history.html", {
+        "page": page, "cards": history_cards(page.object_list, workflows=workflows), "filters": filters,
+        "query": query.urlencode(),
+        "has_any": filters.is_filtered or page.paginator.count > 0 or
+        selectors.history_for_user(request.user).exists()})
+
+
+def history_cards(requests, *, workflows):
+    """What each History tile shows: the request, its workflow, images, queue position, and the
+    ``workflows`` (those the person may run) that take its first image as input. A fixed number of
+    queries for the whole page."""
+    requests = list(requests)
+    positions = selectors.queue_positions(requests)
+    ran = workflows_for({(g.workflow_slug, g.workflow_version) for g in requests})
+    return [{"generation": g, "images": image_links(g), "queue_position": positions.get(g.pk),
+             "workflow_name": getattr(ran.get((g.workflow_slug, g.workflow_version)), "name", g.workflow_slug),
+             "percent": round(100 * (g.progress or 0)), "use_as_input": use_as_input_links(g, 0, workflows=workflows)}
+            for g in requests]
+
+
+def use_as_input_links(generation, index, *, workflows):
+    """``[{"workflow", "url"}]``: Generate pages of ``workflows`` that take image ``index`` of
+    ``generation`` as their input."""
+    if generation.status != Status.COMPLETED or not 0 <= index < len(generation.outputs or []):
+        return []
+    reference = f"{generation.pk}/{index}"
+    generate = reverse("generate")
+    return [{"workflow": workflow, "url": f"{generate}?{urlencode({'workflow': workflow.slug, 'input': reference})}"}
+            for workflow in workflows if input_image_field(workflow) is not None]
 
 
 @login_required
@@ -322,6 +347,8 @@ def image_viewer(request, request_id, index):
         "next": reverse("image-viewer", args=[following[0].pk, following[1]]) if following else None,
         "parameters_json": json.dumps({"workflow": generation.workflow_slug, **(generation.params or {})}, indent=2),
         "parameters_text": generation.workflow.a1111_parameters(generation.params),
+        "use_as_input": use_as_input_links(generation, index, workflows=all_workflows(request.user))
+        if generation.user_id == request.user.pk else [],
         **_parameters_context(generation),
     })
 
@@ -354,4 +381,8 @@ def backends_page(request):
         raise Http404("No such page.")
     from generation.backends import backend_overview
 
-    return render(request, "generation/backends.html", {"backends": backend_overview()})
+    backends = backend_overview()
+    healthy = sum(1 for backend in backends if backend["healthy"])
+    for backend in backends:  # where a down backend's work goes meanwhile, if anywhere
+        backend["others_in_rotation"] = healthy - (1 if backend["healthy"] else 0)
+    return render(request, "generation/backends.html", {"backends": backends})

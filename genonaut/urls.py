@@ -12,6 +12,9 @@ from genonaut import api_docs, health
 
 # both login pages say when the login guard refused (generation/login_guard.py)
 admin.site.login_form = GuardedAdminAuthenticationForm
+# the app list sidebar (the index page and breadcrumbs remain) would take a quarter of a 1366 px
+# window, leaving list pages too narrow for their columns
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("admin/", admin.site.urls),

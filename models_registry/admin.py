@@ -3,11 +3,12 @@
 import json
 from urllib.parse import urlsplit
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
-from django.template.defaultfilters import filesizeformat
+from django.template.defaultfilters import filesizeformat, truncatechars
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
@@ -50,11 +51,51 @@ class BackendFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=[pk for pk, urls in rows if value in urls])
 
 
+class WordListField(forms.Field):
+    """A list of words or phrases edited one per line (stored as a JSON list): blank lines dropped,
+    repeats kept once, each at most ``max_length`` characters."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 40, "class": "word-list"})
+
+    def __init__(self, *, max_items=50, max_length=100, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", "One per line. The Generate page offers each as a button that inserts it "
+                                       "into the prompt.")
+        super().__init__(**kwargs)
+        self.max_items, self.max_length = max_items, max_length
+
+    def prepare_value(self, value):
+        if isinstance(value, list | tuple):
+            return "\n".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value):
+        lines = (line.strip() for line in str(value or "").splitlines())
+        return list(dict.fromkeys(line for line in lines if line))
+
+    def validate(self, value):
+        super().validate(value)
+        if len(value) > self.max_items:
+            raise forms.ValidationError(f"At most {self.max_items} lines.")
+        too_long = [word for word in value if len(word) > self.max_length]
+        if too_long:
+            raise forms.ValidationError(f"At most {self.max_length} characters a line: {too_long[0][:40]}…")
+
+    def has_changed(self, initial, data):
+        return (initial or []) != self.to_python(data)
+
+
+class AvailableModelForm(forms.ModelForm):
+    trigger_words = WordListField(label="Trigger words")
+
+    class Meta:
+        model = AvailableModel
+        fields = ["trigger_words"]  # the admin adds the rest of its fieldsets
+
+
 @admin.register(AvailableModel)
 class AvailableModelAdmin(admin.ModelAdmin):
-    class Media:
-        css = {"all": ["css/admin.css"]}  # no inline styles (Content-Security-Policy)
-
+    form = AvailableModelForm
     list_display = ("name", "type", "base_architecture", "is_active", "is_present", "on_backends", "size", "header_ok",
                     "hash_state", "last_seen")
     list_filter = ("type", "is_active", "is_present", BackendFilter, "base_architecture")
@@ -227,10 +268,15 @@ def _refresh_state(job):
 class RegistryJobAdmin(admin.ModelAdmin):
     """History of refreshes and hashes staff asked for (read only: workers write these rows)."""
 
-    list_display = ("kind", "model", "status", "requested_by", "requested_at", "started_at", "finished_at", "summary")
+    list_display = ("kind", "model", "status", "requested_by", "requested_at", "started_at", "finished_at",
+                    "short_summary")
     list_filter = ("kind", "status")
     list_select_related = ("model", "requested_by")
     search_fields = ("model__name", "summary")
+
+    @admin.display(description="summary")
+    def short_summary(self, obj):
+        return format_html('<span title="{}">{}</span>', obj.summary, truncatechars(obj.summary, 80))
 
     def has_add_permission(self, request):
         return False

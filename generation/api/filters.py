@@ -10,6 +10,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import BaseFilterBackend
 
+from generation.selectors import RequestFilters, filter_requests
 from generation.states import Status
 from models_registry.models import ModelType
 
@@ -34,6 +35,8 @@ class RequestFilterSerializer(serializers.Serializer):
     status = serializers.ListField(child=serializers.ChoiceField(choices=Status.values), required=False,
                                    help_text="One or more statuses, repeated or comma-separated")
     checkpoint = serializers.CharField(required=False, max_length=255, help_text="Checkpoint name, exact")
+    # any slug, not only those on offer now: a retired template's requests stay findable
+    workflow = serializers.CharField(required=False, max_length=64, help_text="A workflow slug, exact")
     created_after = _DateOrDateTimeField(required=False, help_text="Inclusive; a date or an ISO datetime")
     created_before = _DateOrDateTimeField(required=False, help_text="Exclusive; a date or an ISO datetime")
     search = serializers.CharField(required=False, max_length=200, allow_blank=True, help_text="Words in the prompt")
@@ -48,34 +51,27 @@ def _multi(query_params, name):
 
 
 class RequestFilter(BaseFilterBackend):
-    """``?status=queued,running&checkpoint=…&created_after=…&created_before=…&search=…&user=…``."""
+    """``?status=queued,running&checkpoint=…&workflow=…&created_after=…&created_before=…&search=…&user=…``
+    (the rules themselves: :func:`generation.selectors.filter_requests`)."""
 
     def filter_queryset(self, request, queryset, view):
         if view.action != "list":
             return queryset
-        data = {key: request.query_params.get(key) for key in ("checkpoint", "created_after", "created_before",
-                                                                 "search", "user") if key in request.query_params}
+        data = {key: request.query_params.get(key) for key in ("checkpoint", "workflow", "created_after",
+                                                                 "created_before", "search", "user")
+                if key in request.query_params}
         if "status" in request.query_params:
             data["status"] = _multi(request.query_params, "status")
         params = RequestFilterSerializer(data=data)
         params.is_valid(raise_exception=True)
-        filters = params.validated_data
-        if filters.get("status"):
-            queryset = queryset.filter(status__in=filters["status"])
-        if "checkpoint" in filters:
-            queryset = queryset.filter(checkpoint_model=filters["checkpoint"])
-        if "created_after" in filters:
-            queryset = queryset.filter(created_at__gte=filters["created_after"])
-        if "created_before" in filters:
-            queryset = queryset.filter(created_at__lt=filters["created_before"])
-        if filters.get("search"):
-            for word in filters["search"].split()[:8]:
-                queryset = queryset.filter(prompt__icontains=word)
-        if "user" in filters:
-            if not request.user.is_staff:
-                raise ValidationError({"user": ["Only staff may list other users' requests."]})
-            queryset = queryset.filter(user=_user_by_name_or_id(filters["user"]))
-        return queryset
+        values = params.validated_data
+        if "user" in values and not request.user.is_staff:
+            raise ValidationError({"user": ["Only staff may list other users' requests."]})
+        return filter_requests(queryset, RequestFilters(
+            statuses=tuple(values.get("status") or ()), checkpoint=values.get("checkpoint"),
+            workflow=values.get("workflow"), created_after=values.get("created_after"),
+            created_before=values.get("created_before"), search=values.get("search", ""),
+            user=_user_by_name_or_id(values["user"]) if "user" in values else None))
 
     def get_schema_operation_parameters(self, view):
         return [
@@ -83,6 +79,8 @@ class RequestFilter(BaseFilterBackend):
                    {"type": "array", "items": {"type": "string", "enum": Status.values}}, explode=True),
             _param("checkpoint", "Only requests for this checkpoint name.",
                    {"type": "string", "minLength": 1, "maxLength": 255}),
+            _param("workflow", "Only requests of this workflow (its slug).",
+                   {"type": "string", "minLength": 1, "maxLength": 64}),
             _param("created_after", "Created at or after (YYYY-MM-DD or ISO 8601).", {"type": "string"}),
             _param("created_before", "Created before (YYYY-MM-DD or ISO 8601).", {"type": "string"}),
             _param("search", "Every word must appear in the prompt (case-insensitive).",

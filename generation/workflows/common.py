@@ -34,8 +34,9 @@ def size_fields(*, width=512, height=512):
 
 
 def sampler_fields(group=SAMPLER_GROUP, *, denoise=1.0, steps=20, advanced=True, with_seed=True,
-                   with_names=True):
-    """Seed, steps, CFG, sampler, scheduler and denoise of one KSampler, under ``group``."""
+                   with_names=True, main=()):
+    """Seed, steps, CFG, sampler, scheduler and denoise of one KSampler, under ``group``; the form
+    tucks them under "Advanced" (``advanced``) except those named in ``main`` (e.g. ``("denoise",)``)."""
     fields = []
     if with_seed:
         fields.append(Seed(f"{group}.seed", advanced=advanced))
@@ -54,6 +55,11 @@ def sampler_fields(group=SAMPLER_GROUP, *, denoise=1.0, steps=20, advanced=True,
         ]
     fields.append(Number(f"{group}.denoise", label="Denoise", default=denoise, source=("KSampler", "denoise"),
                          step=0.01, advanced=advanced))
+    for item in fields:
+        if item.path[-1] in main:
+            item.advanced = False
+            if item.path[-1] == "denoise":
+                item.help = "How much of the input changes: 0 keeps it, 1 re-draws it entirely"
     return fields
 
 

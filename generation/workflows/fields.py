@@ -549,6 +549,7 @@ class Image(Field):
         kwargs.setdefault("default", MISSING if required else None)
         super().__init__(name, label=label, **kwargs)
         self.is_mask = mask
+        self.widget = "mask" if mask else "image"  # a mask is painted over its image in the form
 
     @property
     def url_name(self):
@@ -588,8 +589,13 @@ class Image(Field):
         return self._schema_base(reference)
 
     def from_form(self, post):
-        """The form carries an input id, or ``<request id>/<n>`` for one of the person's results."""
+        """The form carries an input id, or ``<request id>/<n>`` for one of the person's results.
+
+        Its file input shares the name: an empty one is posted as "" beside the carried value."""
         raw = post.get(self.html_name, MISSING)
+        if hasattr(post, "getlist"):
+            given = [value for value in post.getlist(self.html_name) if value]
+            raw = given[-1] if given else raw
         if isinstance(raw, str) and "/" in raw:
             request_id, _, index = raw.partition("/")
             if index.isascii() and index.isdigit():

@@ -1,12 +1,14 @@
 /* Genonaut — small enhancements over server-rendered pages. Plain JavaScript, no build step.
  * Every page works without it; with it: live progress, LoRA sliders, trigger words, size presets,
- * seed randomise, grid/list memory, copy buttons and delete confirmation. */
+ * seed randomise, grid/list memory, History filters applied as they change, copy buttons and delete
+ * confirmation. Page-specific parts live beside it: inputs.js and mask.js (Generate), viewer.js. */
 (function () {
   "use strict";
 
   var POLL_MS = 1000;
   var POLL_LIMIT_MS = 2 * 60 * 60 * 1000; // stop following after two hours; a reload resumes
   var VIEW_KEY = "genonaut.historyView";
+  var SEARCH_DELAY_MS = 350;  // typing pauses this long before the search is applied
 
   function all(selector, root) {
     return Array.prototype.slice.call((root || document).querySelectorAll(selector));
@@ -132,26 +134,97 @@
   }
 
   /* History layout, remembered in this browser. */
-  function setupViewToggle() {
+  function storedView() {
+    try { return window.localStorage.getItem(VIEW_KEY) === "list" ? "list" : "grid"; } catch (e) { return "grid"; }
+  }
+
+  function applyView(view) {
     var container = document.querySelector("[data-view-container]");
+    if (container) {
+      container.classList.toggle("view-grid", view === "grid");
+      container.classList.toggle("view-list", view === "list");
+    }
+    all(".view-toggle [data-view]").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.getAttribute("data-view") === view));
+    });
+  }
+
+  function setupViewToggle() {
     var buttons = all(".view-toggle [data-view]");
     if (!buttons.length) return;
-    function apply(view) {
-      if (container) {
-        container.classList.toggle("view-grid", view === "grid");
-        container.classList.toggle("view-list", view === "list");
-      }
-      buttons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-view") === view)); });
-    }
-    var stored = null;
-    try { stored = window.localStorage.getItem(VIEW_KEY); } catch (e) { /* storage disabled */ }
-    apply(stored === "list" ? "list" : "grid");
+    applyView(storedView());
     buttons.forEach(function (button) {
       button.addEventListener("click", function () {
         var view = button.getAttribute("data-view");
         try { window.localStorage.setItem(VIEW_KEY, view); } catch (e) { /* storage disabled */ }
-        apply(view);
+        applyView(view);
       });
+    });
+  }
+
+  /* History filters: applied as they change (no Apply button). The results part of the page is
+   * fetched again and swapped in, so typing in the search box keeps its focus; the address bar
+   * follows (a reload or a shared link shows the same). Other scripts may re-scan the tiles on
+   * the "genonaut:history-updated" event. */
+  function setupLiveFilters(form) {
+    var results = document.getElementById(form.getAttribute("data-live-filters"));
+    if (!results) return;
+    var timer = null;
+    var pending = null;
+
+    function url() {
+      var params = new URLSearchParams();
+      new FormData(form).forEach(function (value, name) { if (value !== "") params.append(name, value); });
+      var query = params.toString();
+      return form.action + (query ? "?" + query : "");
+    }
+
+    function apply() {
+      clearTimeout(timer);
+      var target = url();
+      if (pending) pending.abort();
+      pending = new AbortController();
+      form.setAttribute("aria-busy", "true");
+      fetch(target, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" }, signal: pending.signal })
+        .then(function (response) {
+          if (!response.ok || response.redirected) throw new Error("status " + response.status);
+          return response.text();
+        })
+        .then(function (html) {
+          var page = new DOMParser().parseFromString(html, "text/html");
+          var fresh = page.getElementById(results.id);
+          if (!fresh) throw new Error("no results in the page");
+          results.innerHTML = fresh.innerHTML;
+          all("[data-filter]", form).forEach(function (field) {  // each filter's own error, if any
+            var twin = page.querySelector('#' + form.id + ' [data-filter="' + field.getAttribute("data-filter") + '"]');
+            var errors = field.querySelector(".field-errors");
+            var freshErrors = twin && twin.querySelector(".field-errors");
+            field.classList.toggle("has-error", !!freshErrors);
+            if (errors) errors.remove();
+            if (freshErrors) field.appendChild(freshErrors);
+          });
+          window.history.replaceState(null, "", target);
+          applyView(storedView());
+          form.removeAttribute("aria-busy");
+          document.dispatchEvent(new CustomEvent("genonaut:history-updated"));
+        })
+        .catch(function (error) {
+          if (error.name === "AbortError") return;
+          window.location.href = target;  // the page itself, the plain way
+        });
+    }
+
+    form.addEventListener("change", function (event) {
+      if (event.target.type !== "search") apply();
+    });
+    form.addEventListener("input", function (event) {
+      if (event.target.type !== "search") return;
+      clearTimeout(timer);
+      timer = setTimeout(apply, SEARCH_DELAY_MS);
+    });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      apply();
     });
   }
 
@@ -226,9 +299,7 @@
     all("[data-lora-row]").forEach(setupLoraRow);
     all("[data-size-preset]").forEach(setupSizePreset);
     all("select[data-describe]").forEach(setupCheckpointDescription);
-    all("form[data-autosubmit] select").forEach(function (select) {
-      select.addEventListener("change", function () { select.form.submit(); });
-    });
+    all("form[data-live-filters]").forEach(setupLiveFilters);
     setupViewToggle();
   });
 })();

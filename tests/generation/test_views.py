@@ -474,3 +474,229 @@ def test_history_counts_only_a_few_pages_ahead(login, user, checkpoint, monkeypa
     assert "Page 5 of 5 · 97 requests" in last and "prompt 000" in last and 'rel="next"' not in last
     beyond = client.get(reverse("history") + "?page=9").content.decode()
     assert "Page 5 of 5 · 97 requests" in beyond
+
+
+# --- history filters, tiles and "use as input" ------------------------------------------------
+
+def _cards(html):
+    return re.findall(r'<li class="card" data-request-id="([0-9a-f-]{36})"', html)
+
+
+def test_history_filters_by_words_workflow_checkpoint_and_days(login, user, checkpoint):
+    other = AvailableModel.objects.create(name="sdxl/other.safetensors", type=ModelType.CHECKPOINT)
+    lighthouse = make_request(user, checkpoint, status=Status.COMPLETED, prompt="A Lighthouse at dusk, stormy sea")
+    harbour = make_request(user, checkpoint, status=Status.FAILED, prompt="a harbour at dawn")
+    sdxl = make_request(user, other, status=Status.COMPLETED, prompt="a lighthouse in fog")
+    upscaled = make_request(user, checkpoint, status=Status.COMPLETED, prompt="", workflow_slug="upscale")
+    GenerationRequest.objects.filter(pk=harbour.pk).update(created_at="2026-03-01T23:30:00Z")
+    GenerationRequest.objects.filter(pk=sdxl.pk).update(created_at="2026-03-02T08:00:00Z")
+    GenerationRequest.objects.filter(pk__in=[lighthouse.pk, upscaled.pk]).update(created_at="2026-03-05T12:00:00Z")
+    client = login(user)
+
+    def shown(**query):
+        response = client.get(reverse("history"), query)
+        assert response.status_code == 200
+        return set(_cards(response.content.decode()))
+
+    assert shown(search="lighthouse") == {str(lighthouse.pk), str(sdxl.pk)}
+    assert shown(search="LIGHTHOUSE  stormy") == {str(lighthouse.pk)}  # every word, any case
+    assert shown(workflow="upscale") == {str(upscaled.pk)}
+    assert shown(checkpoint="sdxl/other.safetensors") == {str(sdxl.pk)}
+    assert shown(date_from="2026-03-01", date_to="2026-03-01") == {str(harbour.pk)}  # both days inclusive
+    assert shown(date_from="2026-03-02") == {str(sdxl.pk), str(lighthouse.pk), str(upscaled.pk)}
+    assert shown(date_to="2026-03-02", status="completed") == {str(sdxl.pk)}
+    html = client.get(reverse("history"), {"search": "lighthouse"}).content.decode()
+    assert "2 matching requests" in html and "Clear filters" in html
+    assert re.search(r'<input type="search" name="search" value="lighthouse"[^>]*id="id_search"', html)
+
+
+def test_history_filter_mistakes_are_shown_and_ignored(login, user, checkpoint):
+    make_request(user, checkpoint, status=Status.COMPLETED)
+    client = login(user)
+    html = client.get(reverse("history"), {"date_from": "2026-13-45", "workflow": "nope",
+                                           "status": "bogus"}).content.decode()
+    assert len(_cards(html)) == 1  # the mistaken filters are left out
+    assert 'id="err-filter-date_from"' in html and "Enter a valid date." in html
+    assert 'id="err-filter-workflow"' in html and 'id="err-filter-status"' in html
+    backwards = client.get(reverse("history"), {"date_from": "2026-03-05", "date_to": "2026-03-01"}).content.decode()
+    assert "Must not be before the start date." in backwards
+    assert client.get(reverse("history"), {"date_from": "0001-01-01", "date_to": "9999-12-31"}).status_code == 200
+    none = client.get(reverse("history"), {"search": "no such words"}).content.decode()
+    assert 'id="history-no-match"' in none and "No request matches these filters." in none
+
+
+def test_history_page_links_keep_the_filters(login, user, checkpoint):
+    for n in range(26):
+        make_request(user, checkpoint, status=Status.COMPLETED, prompt=f"castle {n:02}")
+    html = login(user).get(reverse("history"), {"search": "castle", "sort": "oldest"}).content.decode()
+    assert 'href="?search=castle&amp;sort=oldest&amp;page=2"' in html
+    assert html.index("castle 00") < html.index("castle 01")
+
+
+def test_history_tiles_show_every_image_and_what_unfinished_ones_wait_for(login, user, other_user, checkpoint):
+    batch = make_request(user, checkpoint, status=Status.COMPLETED, outputs=3)
+    make_request(other_user, checkpoint, status=Status.QUEUED)  # first in line: ours is second
+    queued = make_request(user, checkpoint, status=Status.QUEUED)
+    running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.4, current_step=8, total_steps=20)
+    failed = make_request(user, checkpoint, status=Status.FAILED, error="ComfyUI refused: ckpt_name not in list")
+    html = login(user).get(reverse("history")).content.decode()
+    for n in range(3):
+        assert f'href="/requests/{batch.pk}/images/{n}/"' in html
+        assert f'src="/api/v1/comfyui/{batch.pk}/images/{n}/thumbnail/small/" alt="Image {n + 1} of 3"' in html
+    tile = html[html.index(f'data-request-id="{queued.pk}"'):]
+    assert "Position 2 in the queue" in tile[:tile.index("</li>")]
+    tile = html[html.index(f'data-request-id="{running.pk}"'):]
+    assert 'value="40" data-tile-progress' in tile and "Step 8 / 20" in tile[:tile.index("</li>")]
+    tile = html[html.index(f'data-request-id="{failed.pk}"'):]
+    assert "ckpt_name not in list" in tile[:tile.index("</li>")]
+
+
+def test_use_as_input_from_history_and_the_viewer(login, user, staff_user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=2)
+    failed = make_request(user, checkpoint, status=Status.FAILED)
+    html = login(user).get(reverse("history")).content.decode()
+    for slug in ("img2img", "inpaint", "upscale"):
+        assert f'href="/?workflow={slug}&amp;input={done.pk}%2F0"' in html
+    assert f"input={failed.pk}" not in html and "workflow=hires&amp;input" not in html
+    viewer = login(user).get(reverse("image-viewer", args=[done.pk, 1])).content.decode()
+    assert f'href="/?workflow=inpaint&amp;input={done.pk}%2F1"' in viewer
+    # staff may look at anyone's image, but only the owner's results can become an input
+    assert "Use as input" not in login(staff_user).get(reverse("image-viewer", args=[done.pk, 1])).content.decode()
+
+
+def test_use_as_input_fills_the_image_control(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=2)
+    html = login(user).get(reverse("generate"), {"workflow": "upscale", "input": f"{done.pk}/1"}).content.decode()
+    assert f'name="input_image" value="{done.pk}/1" data-image-value' in html
+    assert f'src="/api/v1/comfyui/{done.pk}/images/1/"' in html and "A result of yours, used as input." in html
+
+
+# --- input images in the Generate form ------------------------------------------------------------
+
+def _upload(name="in.png", *, width=96, height=64, **options):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.plugins.generation_rows import image_bytes
+
+    return SimpleUploadedFile(name, image_bytes(width, height, **options), content_type="image/png")
+
+
+def image_form(checkpoint, workflow="img2img", **overrides):
+    data = {key: value for key, value in form_post(checkpoint).items()
+            if key not in ("width", "height")}
+    data.update({"workflow": workflow, "sampler_params.denoise": "0.6", **overrides})
+    return data
+
+
+def test_an_uploaded_image_survives_a_form_shown_again_with_errors(login, user, checkpoint):
+    from generation.models import InputImage
+
+    client = login(user)
+    response = client.post(reverse("generate"), image_form(checkpoint, prompt="", input_image=_upload()))
+    assert response.status_code == 400
+    html = response.content.decode()
+    record = InputImage.objects.get(user=user)
+    assert f'name="input_image" value="{record.pk}" data-image-value' in html
+    assert f'src="/api/v1/comfyui/inputs/{record.pk}/image/"' in html and "Uploaded earlier." in html
+    assert "This field is required." in html and not GenerationRequest.objects.exists()
+    # submitted again with the prompt: the stored image is used, not uploaded twice (the empty file
+    # input is posted beside it under the same name, as browsers do)
+    from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+
+    body = encode_multipart(BOUNDARY, image_form(checkpoint, input_image=str(record.pk)))
+    empty_file = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="input_image"; filename=""\r\n'
+                  f"Content-Type: application/octet-stream\r\n\r\n\r\n").encode()
+    body = body.replace(f"--{BOUNDARY}--".encode(), empty_file + f"--{BOUNDARY}--".encode())
+    response = client.generic("POST", reverse("generate"), body, content_type=MULTIPART_CONTENT)
+    created = GenerationRequest.objects.get()
+    assert response.status_code == 302 and created.params["input_image"] == str(record.pk)
+    assert (created.width, created.height) == (96, 64) and InputImage.objects.count() == 1
+
+
+def test_an_inpaint_mask_posted_with_the_form(login, user, checkpoint):
+    from generation.models import InputImage
+
+    client = login(user)
+    response = client.post(reverse("generate"), image_form(
+        checkpoint, "inpaint", **{"sampler_params.denoise": "1.0"}, input_image=_upload(),
+        mask_image=_upload("mask.png", color=(255, 255, 255))))
+    assert response.status_code == 302
+    created = GenerationRequest.objects.get()
+    mask = InputImage.objects.get(kind=InputImage.Kind.MASK)
+    assert created.params["mask_image"] == str(mask.pk) and (mask.width, mask.height) == (96, 64)
+    detail = client.get(reverse("request-detail", args=[created.pk])).content.decode()
+    assert f"/api/v1/comfyui/inputs/{mask.pk}/image/" in detail and "Mask · 96 × 64" in detail
+
+
+@pytest.mark.parametrize("field, upload, message", [
+    ("input_image", "text", "Not a readable image"),
+    ("mask_image", "wrong size", "it must be the input image&#x27;s size, 96 × 64"),
+])
+def test_bad_images_are_explained_at_their_field(login, user, checkpoint, field, upload, message):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    files = {"input_image": _upload()}
+    files[field] = (SimpleUploadedFile("notes.png", b"not an image at all", content_type="image/png")
+                    if upload == "text" else _upload("mask.png", width=32, height=32))
+    response = login(user).post(reverse("generate"), image_form(checkpoint, "inpaint", **files))
+    assert response.status_code == 400
+    html = response.content.decode()
+    errors = html[html.index(f'id="err-{field}"'):]
+    assert message in errors[:errors.index("</ul>")]
+    assert not GenerationRequest.objects.exists()
+
+
+def test_another_users_input_is_refused_like_an_unknown_one(login, user, other_user, checkpoint, stored_input):
+    theirs = stored_input(other_user)
+    response = login(user).post(reverse("generate"), image_form(checkpoint, input_image=str(theirs.pk)))
+    html = response.content.decode()
+    assert response.status_code == 400 and "No such input image." in html
+    assert f"/api/v1/comfyui/inputs/{theirs.pk}/image/" not in html  # no preview of someone else's file
+
+
+@pytest.mark.parametrize("slug", ["txt2img", "img2img", "inpaint", "hires", "upscale"])
+def test_every_workflow_form_renders_its_parameters(login, user, checkpoint, lora, slug):
+    from generation.workflows import get_workflow
+
+    html = login(user).get(reverse("generate"), {"workflow": slug}).content.decode()
+    for item in get_workflow(slug).parameters:
+        assert f'name="{item.html_name}"' in html, item.name
+    assert f'aria-current="page" data-workflow="{slug}"' in html
+    assert ("data-mask-field" in html) == (slug == "inpaint")
+    assert ('data-image-field' in html) == (slug in ("img2img", "inpaint", "upscale"))
+
+
+def test_img2img_shows_denoise_outside_advanced(login, user, checkpoint):
+    html = login(user).get(reverse("generate"), {"workflow": "img2img"}).content.decode()
+    assert html.index('name="sampler_params.denoise"') < html.index('id="advanced"')
+    assert "How much of the input changes" in html
+
+
+# --- backends page ---------------------------------------------------------------------------------
+
+def test_a_down_backend_alone_says_requests_wait(login, staff_user, settings):
+    from generation.models import BackendState
+
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    BackendState.objects.create(url="http://127.0.0.1:9", is_healthy=False, consecutive_failures=2,
+                                last_error="x" * 2000, loaded_checkpoint="tiny-sd15-random.safetensors")
+    html = login(staff_user).get(reverse("backends-page")).content.decode()
+    assert "dispatched elsewhere" not in html and "go to the other backend" not in html
+    assert "No other backend is in rotation: requests wait in the queue until one answers." in html
+    assert "tiny-sd15-random" not in html and "not known: it has never answered" in html
+    assert "x" * 600 not in html  # a huge error is cut (and wraps inside its box)
+
+
+def test_a_down_backend_beside_a_healthy_one(login, staff_user, settings):
+    from django.utils import timezone
+
+    from generation.models import BackendState
+
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2},
+                                 {"url": "http://127.0.0.1:7", "capacity": 2}]
+    BackendState.objects.create(url="http://127.0.0.1:9", is_healthy=False, consecutive_failures=1,
+                                last_ok_at=timezone.now(), loaded_checkpoint="tiny-sd15-random.safetensors")
+    BackendState.objects.create(url="http://127.0.0.1:7", is_healthy=True)
+    html = login(staff_user).get(reverse("backends-page")).content.decode()
+    assert "Meanwhile its jobs go to the other backend in rotation." in html
+    assert "tiny-sd15-random.safetensors" in html  # it has answered before: what it last loaded is shown

@@ -204,11 +204,29 @@ def test_change_page_shows_metadata_and_keeps_name_read_only(admin_client_, db, 
     assert "ss_resolution" in response.content.decode()
     assert "name" not in response.context["adminform"].form.fields
     data = {"display_name": "Good one", "description": "", "is_active": "", "base_architecture": "SD1.5",
-            "trigger_words": "[]", "recommended_width": "512", "recommended_height": "512"}
+            "trigger_words": "", "recommended_width": "512", "recommended_height": "512"}
     response = admin_client_.post(url, data)
     assert response.status_code == 302, response.content.decode()[:2000]
     good.refresh_from_db()
     assert (good.display_name, good.is_active, good.name) == ("Good one", False, "good.safetensors")
+
+
+def test_trigger_words_are_edited_one_per_line(admin_client_, lora):
+    url = reverse("admin:models_registry_availablemodel_change", args=[lora.pk])
+    page = admin_client_.get(url).content.decode()
+    textarea = page[page.index('name="trigger_words"'):]
+    assert '"tinystyle"' not in page and textarea[:textarea.index("</textarea>")].endswith(">\ntinystyle")
+    data = {"display_name": "", "description": "", "is_active": "on", "base_architecture": "",
+            "recommended_width": "", "recommended_height": "",
+            "trigger_words": "  watercolor \r\n\r\nink wash, soft\r\nwatercolor\r\n"}
+    response = admin_client_.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    lora.refresh_from_db()
+    assert lora.trigger_words == ["watercolor", "ink wash, soft"]  # trimmed, blank lines and repeats dropped
+    response = admin_client_.post(url, {**data, "trigger_words": "x" * 101})
+    assert response.status_code == 200 and "At most 100 characters a line" in response.content.decode()
+    lora.refresh_from_db()
+    assert lora.trigger_words == ["watercolor", "ink wash, soft"]
 
 
 def test_changelist_shows_and_filters_by_backend(admin_client_, db, settings):

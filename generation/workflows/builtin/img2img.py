@@ -27,7 +27,7 @@ class ImageToImage(Workflow):
         *common.checkpoint_fields(),
         Integer("batch_size", label="Batch size", default=1, minimum=1, cap="MAX_BATCH_SIZE",
                 help="Variations of the image per request"),
-        *common.sampler_fields(denoise=0.6),
+        *common.sampler_fields(denoise=0.6, main=("denoise",)),
     ], groups={common.SAMPLER_GROUP: "Sampler"})
 
     def check(self, params, ctx, errors):

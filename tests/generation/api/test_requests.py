@@ -230,8 +230,8 @@ def test_list_orders_by_created_or_updated_both_ways(api, user, make_generation)
     assert _ids(api.get(LIST, {"ordering": "updated_at"}))[-1] == str(a.pk)
 
 
-def test_list_filters_by_status_checkpoint_dates_and_search(api, user, make_generation):
-    queued = make_generation(user, Status.QUEUED, prompt="a red fox in snow")
+def test_list_filters_by_status_checkpoint_workflow_dates_and_search(api, user, make_generation):
+    queued = make_generation(user, Status.QUEUED, prompt="a red fox in snow", workflow_slug="hires")
     running = make_generation(user, Status.RUNNING, prompt="a blue whale")
     failed = make_generation(user, Status.FAILED, prompt="a red car", checkpoint_model="other.safetensors")
     GenerationRequest.objects.filter(pk=failed.pk).update(created_at=timezone.now() - datetime.timedelta(days=3))
@@ -243,13 +243,14 @@ def test_list_filters_by_status_checkpoint_dates_and_search(api, user, make_gene
     two_days_ago = (timezone.now() - datetime.timedelta(days=2)).date().isoformat()
     assert str(failed.pk) not in _ids(api.get(LIST, {"created_after": two_days_ago}))
     assert _ids(api.get(LIST, {"created_before": two_days_ago})) == [str(failed.pk)]
+    assert _ids(api.get(LIST, {"workflow": "hires"})) == [str(queued.pk)]
 
 
 @pytest.mark.parametrize("query", [
     {"status": "done"}, {"ordering": "prompt"}, {"page_size": "0"}, {"page_size": "x"}, {"page_size": "101"},
     {"created_after": "yesterday"}, {"created_before": "0001-01-01T00:00:00+05:00"}, {"cursor": "garbage"},
     {"cursor": "cD1ub3QtYS1kYXRl"},  # base64 of "p=not-a-date"
-    {"search": "a\x00b"}, {"user": "alice"},
+    {"search": "a\x00b"}, {"user": "alice"}, {"workflow": "x" * 65},
 ])
 def test_list_rejects_bad_query_parameters(api, user, query):
     response = api.get(LIST, query)

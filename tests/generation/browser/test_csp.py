@@ -29,7 +29,8 @@ def test_every_page_keeps_working_under_the_policy(live_server, page, transactio
 
     visit(page, f"{base}/accounts/login/")
     log_in(page, base, staff_user)
-    for path in ["/", "/history/", "/history/?layout=list", "/models/", "/backends/", f"/requests/{done.pk}/",
+    for path in ["/", "/?workflow=img2img", "/?workflow=inpaint", "/history/", "/history/?layout=list",
+                 "/history/?search=lighthouse&date_from=2026-01-01", "/models/", "/backends/", f"/requests/{done.pk}/",
                  f"/requests/{done.pk}/images/0/", f"/requests/{done.pk}/delete/", "/no-such-page/",
                  "/admin/", "/admin/models_registry/availablemodel/", "/admin/generation/generationrequest/",
                  f"/admin/generation/generationrequest/{done.pk}/change/", "/admin/auth/user/add/",

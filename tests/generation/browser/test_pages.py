@@ -270,3 +270,209 @@ def test_waiting_with_no_reachable_backend_is_said_until_one_answers(live_server
     BackendState.objects.create(url=settings.COMFYUI_BACKENDS[0]["url"], last_ok_at=timezone.now())
     expect(page.get_by_text("position 1 in the queue")).to_be_visible()
     expect(page.get_by_test_id("waiting-reason")).to_have_count(0)
+
+
+def test_history_filters_apply_as_they_change(live_server, page, transactional_db, user, checkpoint, make_generation):
+    other = AvailableModel.objects.create(name="sdxl/other.safetensors", type=ModelType.CHECKPOINT)
+    rows = [("a lighthouse at dusk", Status.COMPLETED, {"images": 1}),
+            ("a harbour at dawn", Status.FAILED, {"error": "ComfyUI refused the graph: ckpt_name not in list"}),
+            ("a lighthouse in fog", Status.RUNNING, {"progress": 0.4, "current_step": 8, "total_steps": 20}),
+            ("stormy sea", Status.QUEUED, {})]
+    for n, (prompt, status, fields) in enumerate(rows):
+        row = make_generation(user, status, prompt=prompt, **fields)
+        GenerationRequest.objects.filter(pk=row.pk).update(created_at=f"2026-03-0{n + 1}T12:00:00Z")
+    sdxl = make_generation(user, Status.COMPLETED, images=1, prompt="a lighthouse, sdxl", checkpoint=other,
+                           checkpoint_model=other.name, workflow_slug="hires")
+    GenerationRequest.objects.filter(pk=sdxl.pk).update(created_at="2026-03-09T12:00:00Z")
+    done = make_generation(user, Status.COMPLETED, images=3, prompt="three moons")  # a batch: every image shown
+    log_in(page, live_server.url, user)
+    page.goto(f"{live_server.url}/history/")
+    page.evaluate("() => { window.sameDocument = true; }")  # gone if the page reloads
+    cards = page.locator("#history > li")
+    expect(cards).to_have_count(6)
+    expect(page.locator(f'[data-request-id="{done.pk}"] .card-thumbs img')).to_have_count(3)
+    expect(page.get_by_role("button", name="Apply")).to_have_count(0)  # no Apply button: changes apply themselves
+    page.wait_for_function("() => [...document.querySelectorAll('#history img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    screenshot(page, "history-tiles")
+
+    page.get_by_label("Search prompts").press_sequentially("lighthouse", delay=20)
+    expect(cards).to_have_count(3)
+    expect(page.get_by_label("Search prompts")).to_be_focused()  # typing goes on where it was
+    page.wait_for_url(re.compile(r"search=lighthouse"))
+    page.get_by_label("Workflow").select_option("hires")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_contain_text("a lighthouse, sdxl")
+    page.get_by_label("Workflow").select_option("")
+    page.get_by_label("Checkpoint").select_option(checkpoint.name)
+    expect(cards).to_have_count(2)
+    page.get_by_label("From").fill("2026-03-02")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_contain_text("a lighthouse in fog")
+    page.get_by_label("To").fill("2026-03-01")  # before the start: said so, and left out
+    expect(page.locator("#err-filter-date_to")).to_have_text("Must not be before the start date.")
+    expect(cards).to_have_count(1)
+    page.get_by_label("To").fill("2026-03-03")
+    expect(page.locator("#err-filter-date_to")).to_have_count(0)
+    page.get_by_label("Status").select_option("completed")
+    expect(page.locator("#history-no-match")).to_contain_text("No request matches these filters.")
+    screenshot(page, "history-filters-none")
+    page.get_by_label("Status").select_option("")
+    expect(page.locator("#filter-summary")).to_contain_text("1 matching request")
+    assert page.evaluate("() => window.sameDocument === true"), "a filter reloaded the whole page"
+    # the address says what is shown: a reload shows the same
+    page.reload()
+    expect(cards).to_have_count(1)
+    expect(page.get_by_label("Search prompts")).to_have_value("lighthouse")
+    page.get_by_role("link", name="Clear filters").click()
+    expect(cards).to_have_count(6)
+    page.get_by_label("Search prompts").fill("lighthouse")
+    expect(cards).to_have_count(3)
+    screenshot(page, "history-filters")
+    assert page.errors == []
+
+
+def test_viewer_zoom_and_full_screen(live_server, page, transactional_db, user, make_generation):
+    done = make_generation(user, Status.COMPLETED, images=1)  # a 64 × 48 image
+    log_in(page, live_server.url, user)
+    page.goto(f"{live_server.url}/requests/{done.pk}/images/0/")
+    image = page.locator(".zoom-stage img")
+    page.wait_for_function("(img) => img.complete && img.naturalWidth === 64", arg=image.element_handle())
+    level = page.locator("[data-zoom-level]")
+    expect(level).to_have_text("Fit")
+    fit_width = image.evaluate("img => img.getBoundingClientRect().width")
+    assert fit_width > 64 * 4  # a small image is shown large, its ratio kept (object-fit)
+
+    page.get_by_role("button", name="100%").click()
+    expect(level).to_have_text("100%")
+    assert image.evaluate("img => [img.getBoundingClientRect().width, img.getBoundingClientRect().height]") == [64, 48]
+    page.get_by_role("button", name="Zoom in").click()
+    expect(level).to_have_text("150%")
+    page.get_by_role("button", name="Zoom in").click()
+    expect(level).to_have_text("200%")
+    assert image.evaluate("img => img.getBoundingClientRect().width") == 128
+    page.get_by_role("button", name="Zoom out").click()
+    expect(level).to_have_text("150%")
+    page.keyboard.press("0")  # keys: 0 fits, + and − zoom
+    expect(level).to_have_text("Fit")
+    page.keyboard.type("-")  # from "fit" (over 800 % for this small image) to the next step down
+    expect(level).to_have_text("800%")
+    page.keyboard.type("+")  # the largest step
+    expect(level).to_have_text("800%")
+    page.get_by_role("button", name="Fit").click()
+    expect(level).to_have_text("Fit")
+    # a click on the picture toggles 100 % and back
+    image.click()
+    expect(level).to_have_text("100%")
+    image.click()
+    expect(level).to_have_text("Fit")
+    # zoomed in, the picture's pixels show as squares; the stage scrolls, never the page sideways
+    page.get_by_role("button", name="100%").click()
+    for _ in range(6):
+        page.get_by_role("button", name="Zoom in").click()
+    expect(level).to_have_text("800%")
+    assert image.evaluate("img => [img.getBoundingClientRect().width, getComputedStyle(img).imageRendering]") == [
+        512, "pixelated"]
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: 512 px is wider than the stage
+    stage = page.locator(".zoom-stage")
+    assert stage.evaluate("s => s.scrollWidth > s.clientWidth")
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    screenshot(page, "image-viewer-zoomed")
+
+    page.get_by_role("button", name="Full screen").click()
+    page.wait_for_function("() => document.fullscreenElement && document.fullscreenElement.matches('.viewer-image')")
+    expect(page.get_by_role("button", name="Exit full screen")).to_have_attribute("aria-pressed", "true")
+    page.get_by_role("button", name="Exit full screen").click()
+    page.wait_for_function("() => document.fullscreenElement === null")
+    expect(page.get_by_role("button", name="Full screen")).to_be_visible()
+    assert page.errors == []
+
+
+ADMIN_FITS = """() => {
+  const table = document.querySelector('#result_list');
+  return {page: document.documentElement.scrollWidth - window.innerWidth,
+          table: table ? table.scrollWidth - table.parentElement.clientWidth : 0, rows: table ? table.rows.length : 0};
+}"""
+
+
+def test_admin_list_pages_fit_a_laptop_screen(live_server, new_page, transactional_db, staff_user, make_generation,
+                                              settings):
+    """Every admin list page, with long values in every column, fits 1366 px without sideways scrolling."""
+    from django.utils import timezone
+    from django_q.models import Failure, Schedule, Success
+
+    from generation.models import BackendState
+    from models_registry.models import RegistryJob
+
+    long_url = "http://comfyui-gpu-worker-01.render.internal.example.org:8188"
+    settings.COMFYUI_BACKENDS = [{"url": long_url, "capacity": 2}]
+    for status in (Status.COMPLETED, Status.RUNNING, Status.FAILED):
+        make_generation(staff_user, status, backend=long_url, prompt="a lighthouse at dusk, stormy sea, " * 6)
+    BackendState.objects.create(url=long_url, is_healthy=False, loaded_checkpoint="sdxl/juggernautXL_v9Rundiffusion"
+                                "photo2_withVAE.safetensors", last_error="HTTPConnectionPool(host='comfyui-gpu-worker"
+                                "-01.render.internal.example.org', port=8188): Max retries exceeded with url: "
+                                "/system_stats (Caused by NewConnectionError('Connection refused'))")
+    lora = AvailableModel.objects.create(name="styles/a-very-long-lora-file-name_for-testing-v2.1-final.safetensors",
+                                         type=ModelType.LORA, base_architecture="SDXL 1.0", backends=[long_url],
+                                         sha256="f" * 64, size_bytes=123456789, last_seen=timezone.now())
+    RegistryJob.objects.create(kind="hash", model=lora, status="failed", requested_by=staff_user,
+                               started_at=timezone.now(), finished_at=timezone.now(),
+                               summary="could not read /models/loras/styles/a-very-long-lora-file-name.safetensors")
+    now = timezone.now()
+    Schedule.objects.create(name="reconcile stale requests", func="generation.tasks.reconcile_stale_requests",
+                            schedule_type=Schedule.MINUTES, minutes=1)
+    for model, success in ((Success, True), (Failure, False)):
+        model.objects.create(id=("a" if success else "b") * 32, name="seventeen-lima-hotel-delta", started=now,
+                             stopped=now, func="generation.tasks.process_generation_request", success=success,
+                             group="process", result=None if success else "Traceback (most recent call last): …")
+    page = new_page(viewport={"width": 1366, "height": 768})
+    log_in(page, live_server.url, staff_user)
+    page.goto(f"{live_server.url}/admin/")
+    lists = sorted(set(page.eval_on_selector_all(
+        "#content-main a", "links => links.map(a => a.getAttribute('href'))"
+        ".filter(href => /^\\/admin\\/[a-z_]+\\/[a-z_]+\\/$/.test(href))")))
+    assert len(lists) >= 10, lists
+    for path in lists:
+        page.goto(live_server.url + path)
+        measured = page.evaluate(ADMIN_FITS)
+        if measured["page"] > 0 or measured["table"] > 0:
+            page.screenshot(path="/tmp/ui/fail.png")
+        assert measured["page"] <= 0 and measured["table"] <= 0, (path, measured)
+        if path == "/admin/generation/generationrequest/":
+            assert measured["rows"] == 4  # the header and the three requests
+            screenshot(page, "admin-requests")
+
+
+def test_a_down_backend_keeps_its_error_inside_its_box(live_server, page, transactional_db, staff_user, settings):
+    from generation.models import BackendState
+
+    url = "http://127.0.0.1:9"
+    settings.COMFYUI_BACKENDS = [{"url": url, "capacity": 2}]
+    BackendState.objects.create(
+        url=url, is_healthy=False, consecutive_failures=4, loaded_checkpoint="tiny-sd15-random.safetensors",
+        last_error="HTTPConnectionPool(host='127.0.0.1',port=9):Max_retries_exceeded_with_url:/system_stats_(Caused_by_"
+                   "NewConnectionError('<urllib3.connection.HTTPConnection_object_at_0x7f3a2c1d9e50>:_Failed_to_establish"
+                   "_a_new_connection:_[Errno_111]_Connection_refused'))")
+    log_in(page, live_server.url, staff_user)
+    page.goto(f"{live_server.url}/backends/")
+    card = page.locator(f'[data-backend-url="{url}"]')
+    expect(card).to_contain_text("No other backend is in rotation: requests wait in the queue until one answers.")
+    expect(card).to_contain_text("not known: it has never answered")
+    expect(card).not_to_contain_text("tiny-sd15-random")
+    box = card.locator(".error-box")
+    assert box.evaluate("el => el.scrollWidth <= el.clientWidth")  # the unbroken error wraps inside
+    assert card.evaluate("el => el.scrollWidth <= el.clientWidth")
+    screenshot(page, "backends-down")
+
+
+def test_every_kind_of_page_has_the_favicon(live_server, page, transactional_db, staff_user, settings):
+    settings.API_DOCS_PUBLIC = True
+    log_in(page, live_server.url, staff_user)
+    for path in ("/", "/history/", "/admin/", "/admin/generation/generationrequest/", "/api/v1/comfyui/?format=api",
+                 "/api/docs/", "/accounts/login/"):
+        page.goto(live_server.url + path)
+        icon = page.locator('link[rel="icon"]')
+        expect(icon).to_have_count(1)
+        answer = icon.evaluate("link => fetch(link.href).then(r => [r.status, r.headers.get('content-type')])")
+        assert answer == [200, "image/svg+xml"], (path, answer)
