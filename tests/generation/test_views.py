@@ -537,7 +537,8 @@ def test_history_tiles_show_every_image_and_what_unfinished_ones_wait_for(login,
     batch = make_request(user, checkpoint, status=Status.COMPLETED, outputs=3)
     make_request(other_user, checkpoint, status=Status.QUEUED)  # first in line: ours is second
     queued = make_request(user, checkpoint, status=Status.QUEUED)
-    running = make_request(user, checkpoint, status=Status.RUNNING, progress=0.4, current_step=8, total_steps=20)
+    running = make_request(user, checkpoint, status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request=running, attempt=1, progress=0.4, current_step=8, total_steps=20)
     failed = make_request(user, checkpoint, status=Status.FAILED, error="ComfyUI refused: ckpt_name not in list")
     html = login(user).get(reverse("history")).content.decode()
     for n in range(3):
