@@ -32,6 +32,7 @@ from generation.workflows.fields import Image
 from models_registry.models import ModelType, offered_models
 
 HISTORY_PAGE_SIZE = 24
+TILES_PER_FETCH = HISTORY_PAGE_SIZE  # the live History page asks for at most a page of tiles at once
 
 
 def _get_request_or_404(user, request_id):
@@ -83,14 +84,20 @@ def image_links(generation):
 
 def _status_context(generation):
     """What the request card and its live partial show."""
-    node_type = ((generation.graph or {}).get(generation.current_node) or {}).get("class_type", "")
+    graph = generation.graph or {}
+    node_type = (graph.get(generation.current_node) or {}).get("class_type", "")
     return {"generation": generation, "images": image_links(generation),
             "queue_position": selectors.queue_position(generation),
             "waiting_reason": selectors.waiting_reason(generation),
             "percent": round(100 * (generation.progress or 0)),
             "duration": (generation.finished_at - generation.started_at).total_seconds()
             if generation.finished_at and generation.started_at else None,
-            "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
+            "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node,
+            # progress events name the node by id only: the card labels it as the partial does
+            "node_labels": json.dumps({node_id: f"{node.get('class_type')} (node {node_id})"
+                                       for node_id, node in graph.items()
+                                       if isinstance(node, dict) and node.get("class_type")})
+            if generation.status == Status.RUNNING else ""}
 
 
 def _workflow_or_default(slug, user):
@@ -201,13 +208,15 @@ def request_detail(request, request_id):
     """One request's card: status, live progress, cancel, images or the failure reason."""
     generation = _get_request_or_404(request.user, request_id)
     return render(request, "generation/request_detail.html",
-                  {**_status_context(generation), **_parameters_context(generation)})
+                  {**_status_context(generation), **_parameters_context(generation),
+                   "events_url": reverse("generation-events", args=[generation.pk])})
 
 
 @never_cache
 @login_required
 def request_status(request, request_id):
-    """The card's live part alone, fetched by the page every second while the request is active."""
+    """The card's live part alone: fetched by the page when its event stream reports a new status,
+    or every second while the request is active when the stream is not available."""
     generation = _get_request_or_404(request.user, request_id)
     return render(request, "generation/partials/request_status.html", _status_context(generation))
 
@@ -304,9 +313,27 @@ def history(request):
     query.pop("page", None)
     return render(request, "generation/history.html", {
         "page": page, "cards": history_cards(page.object_list, workflows=workflows), "filters": filters,
-        "query": query.urlencode(),
+        "query": query.urlencode(), "events_url": reverse("generation-all-events"),
         "has_any": filters.is_filtered or page.paginator.count > 0 or
         selectors.history_for_user(request.user).exists()})
+
+
+@never_cache
+@login_required
+def history_tiles(request):
+    """History tiles alone (``?id=<uuid>&id=…``, the person's own requests; unknown ids are left out),
+    fetched by the History page when its event stream reports that a request changed state.
+    ``next`` is the History address the tiles' delete buttons return to."""
+    ids = []
+    for value in request.GET.getlist("id")[:TILES_PER_FETCH]:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    requests = selectors.history_for_user(request.user).filter(pk__in=ids)
+    back_to = _back(request, reverse("history"))
+    return render(request, "generation/partials/history_tiles.html", {
+        "cards": history_cards(requests, workflows=all_workflows(request.user)), "back_to": back_to})
 
 
 def history_cards(requests, *, workflows):
@@ -385,4 +412,5 @@ def backends_page(request):
     healthy = sum(1 for backend in backends if backend["healthy"])
     for backend in backends:  # where a down backend's work goes meanwhile, if anywhere
         backend["others_in_rotation"] = healthy - (1 if backend["healthy"] else 0)
-    return render(request, "generation/backends.html", {"backends": backends})
+    return render(request, "generation/backends.html",
+                  {"backends": backends, "events_url": reverse("backend-events")})
