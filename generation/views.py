@@ -84,20 +84,14 @@ def image_links(generation):
 
 def _status_context(generation):
     """What the request card and its live partial show."""
-    graph = generation.graph or {}
-    node_type = (graph.get(generation.current_node) or {}).get("class_type", "")
+    node_type = ((generation.graph or {}).get(generation.current_node) or {}).get("class_type", "")
     return {"generation": generation, "images": image_links(generation),
             "queue_position": selectors.queue_position(generation),
             "waiting_reason": selectors.waiting_reason(generation),
             "percent": round(100 * (generation.progress or 0)),
             "duration": (generation.finished_at - generation.started_at).total_seconds()
             if generation.finished_at and generation.started_at else None,
-            "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node,
-            # progress events name the node by id only: the card labels it as the partial does
-            "node_labels": json.dumps({node_id: f"{node.get('class_type')} (node {node_id})"
-                                       for node_id, node in graph.items()
-                                       if isinstance(node, dict) and node.get("class_type")})
-            if generation.status == Status.RUNNING else ""}
+            "node_label": f"{node_type} (node {generation.current_node})" if node_type else generation.current_node}
 
 
 def _workflow_or_default(slug, user):

@@ -203,12 +203,10 @@
       bar.value = percent;
       bar.textContent = percent + "%";
       if (value) value.textContent = percent + "%";
-      if (data.total_steps) {
-        var labels = {};
-        try { labels = JSON.parse(step.getAttribute("data-node-labels") || "{}"); } catch (e) { labels = {}; }
-        var node = data.node ? labels[data.node] || data.node : "";
-        step.textContent = "Step " + data.step + " / " + data.total_steps + (node ? " · " + node : "");
-      }
+      // as the partial words it: "Step i / n · KSampler (3)", or the node alone before sampling starts
+      var node = data.node ? " · " + data.node : "";
+      if (data.total_steps) step.textContent = "Step " + data.step + " / " + data.total_steps + node;
+      else if (data.node) step.textContent = "Starting on the backend…" + node;
       return true;
     }
 
