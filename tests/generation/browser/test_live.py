@@ -5,6 +5,7 @@ Backends page follows load and health, and the card falls back to polling withou
 
 import re
 import time
+import uuid
 
 import pytest
 from playwright.sync_api import expect
@@ -28,11 +29,28 @@ WATCH_TILES = """() => {
 }"""
 CARD_STATE = """() => {
   const live = document.querySelector('.live'), percent = document.querySelector('[data-testid="percent"]');
-  const preview = document.querySelector('img.live-preview');
+  const preview = document.querySelector('img.live-preview'), step = document.querySelector('[data-live-step]');
   const shown = preview && !preview.closest('[hidden]') && preview.naturalWidth > 0;
-  return {status: live && live.dataset.status, percent: percent && percent.textContent,
+  return {status: live && live.dataset.status, percent: percent && percent.textContent, step: step && step.textContent,
           preview: shown ? preview.getAttribute('src') : null};
 }"""
+
+
+@pytest.fixture
+def live_cluster(cluster_factory, settings):
+    """``cluster_factory`` whose workers' events reach the live server's streams: the fan-out channel is
+    the site's (``Q_CLUSTER["name"]``), so this process takes the clusters' site name, and its listener
+    starts afresh on that channel (it lives as long as the process otherwise)."""
+    from generation.live import bus
+
+    def start(backends, **options):
+        name = f"genonaut-test-{uuid.uuid4().hex[:8]}"
+        settings.Q_CLUSTER = {**settings.Q_CLUSTER, "name": name}
+        bus.hub.stop()
+        return cluster_factory(backends, name=name, **options)
+
+    yield start
+    bus.hub.stop()
 
 
 def submit(page, base_url, *, prompt, steps, size=64):
@@ -57,13 +75,11 @@ def record_requests(page, path):
     return times
 
 
-def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_server, page, simulator, cluster_factory,
+def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_server, page, simulator, live_cluster,
                                                                          user, checkpoint):
     simulator.configure(step_time=0.25)
-    cluster_factory([simulator.url])
+    live_cluster([simulator.url])
     log_in(page, live_server.url, user)
-    page.goto(f"{live_server.url}/")
-    page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk")  # warms the form page up
     request_id = submit(page, live_server.url, prompt="a lighthouse at dusk, previews", steps=24, size=256)
     polls = record_requests(page, f"/requests/{request_id}/status/")
     page.evaluate("() => { window.sameDocument = true; }")
@@ -75,9 +91,10 @@ def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_ser
         if card["status"] == "completed":
             break
         assert time.monotonic() < deadline, f"the card did not complete; progress seen {percents}"
-        value = int(card["percent"].rstrip("%")) if card["status"] == "running" and card["percent"] else None
-        if value is not None and 0 < value < 100:
+        steps = re.match(r"Step (\d+) / (\d+)", card["step"] or "") if card["status"] == "running" else None
+        if steps and 0 < int(steps[1]) < int(steps[2]):
             sampling.append(time.monotonic())  # after this read: the card is sampling
+            value = int(card["percent"].rstrip("%"))
             if not percents or percents[-1] != value:
                 percents.append(value)
             if card["preview"]:
@@ -88,7 +105,8 @@ def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_ser
 
     assert percents == sorted(percents) and len(percents) >= 3, percents
     assert len(previews) >= 2, f"the preview did not change while sampling: {previews}"
-    assert all(re.fullmatch(rf"/api/v1/comfyui/{request_id}/preview/\?n=\d+", src) for src in previews), previews
+    preview_url = rf"{re.escape(live_server.url)}/api/v1/comfyui/{request_id}/preview/\?n=\d+"
+    assert all(re.fullmatch(preview_url, src) for src in previews), previews
     assert not [t for t in polls if sampling[0] < t < sampling[-1]], "the card fetched its partial while sampling"
     assert page.evaluate("() => window.sameDocument === true"), "the card reloaded the whole page"
     # the final state comes from the server: the images, and no preview any more
@@ -98,9 +116,9 @@ def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_ser
     assert page.errors == []
 
 
-def test_history_tiles_change_state_live(live_server, page, simulator, cluster_factory, user, checkpoint):
+def test_history_tiles_change_state_live(live_server, page, simulator, live_cluster, user, checkpoint):
     simulator.configure(step_time=0.2)
-    cluster_factory([(simulator.url, 1)])  # one slot: the second request waits its turn
+    live_cluster([(simulator.url, 1)])  # one slot: the second request waits its turn
     log_in(page, live_server.url, user)
     first = submit(page, live_server.url, prompt="first in line", steps=25)
     expect(page.locator('.live[data-status="running"]')).to_be_visible(timeout=15_000)
@@ -129,10 +147,10 @@ def test_history_tiles_change_state_live(live_server, page, simulator, cluster_f
     assert page.errors == []
 
 
-def test_the_backends_page_follows_load_and_health(live_server, new_page, simulator_factory, cluster_factory,
+def test_the_backends_page_follows_load_and_health(live_server, new_page, simulator_factory, live_cluster,
                                                    user, staff_user, checkpoint):
     backend = simulator_factory(step_time=0.2)
-    cluster_factory([(backend.url, 1)])
+    live_cluster([(backend.url, 1)])
     staff = new_page()
     log_in(staff, live_server.url, staff_user)
     staff.goto(f"{live_server.url}/backends/")
@@ -155,10 +173,10 @@ def test_the_backends_page_follows_load_and_health(live_server, new_page, simula
     assert staff.errors == []
 
 
-def test_without_event_source_the_card_polls_to_the_end(live_server, page, simulator, cluster_factory, user,
+def test_without_event_source_the_card_polls_to_the_end(live_server, page, simulator, live_cluster, user,
                                                         checkpoint):
     simulator.configure(step_time=0.05)
-    cluster_factory([simulator.url])
+    live_cluster([simulator.url])
     page.add_init_script(NO_EVENT_SOURCE)
     log_in(page, live_server.url, user)
     request_id = submit(page, live_server.url, prompt="no event source here", steps=20)
