@@ -5,7 +5,6 @@ Backends page follows load and health, and the card falls back to polling withou
 
 import re
 import time
-import uuid
 
 import pytest
 from playwright.sync_api import expect
@@ -36,23 +35,6 @@ CARD_STATE = """() => {
 }"""
 
 
-@pytest.fixture
-def live_cluster(cluster_factory, settings):
-    """``cluster_factory`` whose workers' events reach the live server's streams: the fan-out channel is
-    the site's (``Q_CLUSTER["name"]``), so this process takes the clusters' site name, and its listener
-    starts afresh on that channel (it lives as long as the process otherwise)."""
-    from generation.live import bus
-
-    def start(backends, **options):
-        name = f"genonaut-test-{uuid.uuid4().hex[:8]}"
-        settings.Q_CLUSTER = {**settings.Q_CLUSTER, "name": name}
-        bus.hub.stop()
-        return cluster_factory(backends, name=name, **options)
-
-    yield start
-    bus.hub.stop()
-
-
 def submit(page, base_url, *, prompt, steps, size=64):
     """Submit the txt2img form; return the new request's id (the page is on its card)."""
     page.goto(f"{base_url}/")
@@ -75,10 +57,10 @@ def record_requests(page, path):
     return times
 
 
-def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_server, page, simulator, live_cluster,
+def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_server, page, simulator, cluster_factory,
                                                                          user, checkpoint):
     simulator.configure(step_time=0.25)
-    live_cluster([simulator.url])
+    cluster_factory([simulator.url])
     log_in(page, live_server.url, user)
     request_id = submit(page, live_server.url, prompt="a lighthouse at dusk, previews", steps=24, size=256)
     polls = record_requests(page, f"/requests/{request_id}/status/")
@@ -116,9 +98,9 @@ def test_the_card_shows_the_preview_and_rising_progress_without_polling(live_ser
     assert page.errors == []
 
 
-def test_history_tiles_change_state_live(live_server, page, simulator, live_cluster, user, checkpoint):
+def test_history_tiles_change_state_live(live_server, page, simulator, cluster_factory, user, checkpoint):
     simulator.configure(step_time=0.2)
-    live_cluster([(simulator.url, 1)])  # one slot: the second request waits its turn
+    cluster_factory([(simulator.url, 1)])  # one slot: the second request waits its turn
     log_in(page, live_server.url, user)
     first = submit(page, live_server.url, prompt="first in line", steps=25)
     expect(page.locator('.live[data-status="running"]')).to_be_visible(timeout=15_000)
@@ -147,10 +129,10 @@ def test_history_tiles_change_state_live(live_server, page, simulator, live_clus
     assert page.errors == []
 
 
-def test_the_backends_page_follows_load_and_health(live_server, new_page, simulator_factory, live_cluster,
+def test_the_backends_page_follows_load_and_health(live_server, new_page, simulator_factory, cluster_factory,
                                                    user, staff_user, checkpoint):
     backend = simulator_factory(step_time=0.2)
-    live_cluster([(backend.url, 1)])
+    cluster_factory([(backend.url, 1)])
     staff = new_page()
     log_in(staff, live_server.url, staff_user)
     staff.goto(f"{live_server.url}/backends/")
@@ -173,10 +155,10 @@ def test_the_backends_page_follows_load_and_health(live_server, new_page, simula
     assert staff.errors == []
 
 
-def test_without_event_source_the_card_polls_to_the_end(live_server, page, simulator, live_cluster, user,
+def test_without_event_source_the_card_polls_to_the_end(live_server, page, simulator, cluster_factory, user,
                                                         checkpoint):
     simulator.configure(step_time=0.05)
-    live_cluster([simulator.url])
+    cluster_factory([simulator.url])
     page.add_init_script(NO_EVENT_SOURCE)
     log_in(page, live_server.url, user)
     request_id = submit(page, live_server.url, prompt="no event source here", steps=20)
