@@ -185,7 +185,13 @@
             preview.hide();
           }
         })
-        .catch(function () { showProblem(container, "Lost contact with the server; reload the page to see the latest."); })
+        .catch(function () {
+          // deleted elsewhere, logged out, or the server is away: polling says which, and retries
+          again = false;
+          ended = true;
+          source.close();
+          startPolling();
+        })
         .then(function () {
           fetching = false;
           if (again) { again = false; refresh(); return; }

@@ -155,16 +155,19 @@ def test_the_backends_page_follows_load_and_health(live_server, new_page, simula
     assert staff.errors == []
 
 
-def test_without_event_source_the_card_polls_to_the_end(live_server, page, simulator, cluster_factory, user,
-                                                        checkpoint):
-    simulator.configure(step_time=0.05)
+@pytest.mark.parametrize("breakage", ["no EventSource", "stream unreachable"])
+def test_without_a_working_stream_the_card_polls_to_the_end(live_server, page, simulator, cluster_factory, user,
+                                                            checkpoint, breakage):
+    simulator.configure(step_time=0.1)
     cluster_factory([simulator.url])
-    page.add_init_script(NO_EVENT_SOURCE)
+    if breakage == "no EventSource":
+        page.add_init_script(NO_EVENT_SOURCE)
+    else:  # every connection attempt fails: the card gives up on the stream after a few
+        page.route(re.compile(r"/events/$"), lambda route: route.abort())
     log_in(page, live_server.url, user)
-    request_id = submit(page, live_server.url, prompt="no event source here", steps=20)
+    request_id = submit(page, live_server.url, prompt=f"{breakage} here", steps=40)
     polls = record_requests(page, f"/requests/{request_id}/status/")
-    assert page.evaluate("() => typeof window.EventSource") == "undefined"
-    expect(page.locator('.live[data-status="completed"]')).to_be_visible(timeout=30_000)
+    expect(page.locator('.live[data-status="completed"]')).to_be_visible(timeout=40_000)
     expect(page.get_by_role("list", name="Images").locator("img")).to_have_count(1)
     assert polls, "the card did not poll"
     assert page.errors == []
