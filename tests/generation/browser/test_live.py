@@ -102,9 +102,9 @@ def test_history_tiles_change_state_live(live_server, page, simulator, cluster_f
     simulator.configure(step_time=0.2)
     cluster_factory([(simulator.url, 1)])  # one slot: the second request waits its turn
     log_in(page, live_server.url, user)
-    first = submit(page, live_server.url, prompt="first in line", steps=25)
+    first = submit(page, live_server.url, prompt="first in line", steps=40)
     expect(page.locator('.live[data-status="running"]')).to_be_visible(timeout=15_000)
-    second = submit(page, live_server.url, prompt="second in line", steps=25)
+    second = submit(page, live_server.url, prompt="second in line", steps=40)
 
     page.goto(f"{live_server.url}/history/")
     page.evaluate(WATCH_TILES)
@@ -112,10 +112,10 @@ def test_history_tiles_change_state_live(live_server, page, simulator, cluster_f
     second_tile = page.locator(f'[data-request-id="{second}"]')
     expect(second_tile.locator("[data-tile-detail]")).to_have_text("Position 1 in the queue")
     expect(first_tile.locator("[data-tile-progress]")).to_be_visible()
-    expect(first_tile.locator("[data-tile-detail]")).to_have_text(re.compile(r"Step [1-9]\d* / 25"), timeout=15_000)
+    expect(first_tile.locator("[data-tile-detail]")).to_have_text(re.compile(r"Step [1-9]\d* / 40"), timeout=15_000)
     screenshot(page, "history-live")
 
-    expect(second_tile).to_have_attribute("data-status", "completed", timeout=40_000)
+    expect(second_tile).to_have_attribute("data-status", "completed", timeout=60_000)
     expect(second_tile.locator(".card-thumbs img")).to_have_count(1)
     expect(first_tile.locator(".card-thumbs img")).to_have_count(1)
     page.wait_for_function("() => [...document.querySelectorAll('#history img')]"
