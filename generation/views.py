@@ -27,6 +27,7 @@ from generation.forms import GenerateForm, HistoryFilterForm, input_image_field
 from generation.idempotency import SUBMIT, Idempotency
 from generation.models import InputImage
 from generation.states import Status
+from generation.storage import OUTPUT_KINDS
 from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, all_workflows, get_workflow, workflows_for
 from generation.workflows.fields import Image
 from models_registry.models import ModelType, offered_models
@@ -63,6 +64,9 @@ def _form_idempotency(request, form):
     return Idempotency.of(operation=SUBMIT, key=key, body=data)
 
 
+VIDEO_EXTENSIONS = frozenset(kind for kind, is_image in OUTPUT_KINDS.items() if not is_image)
+
+
 def _thumbnail_url(generation, index, size, *, fallback):
     sizes = generation.thumbnails[index] if index < len(generation.thumbnails or []) else {}
     if size not in (sizes or {}):
@@ -73,9 +77,10 @@ def _thumbnail_url(generation, index, size, *, fallback):
 def image_links(generation):
     """URLs of each stored image of ``generation`` (served by the API's owner-checked image views)."""
     links = []
-    for n in range(len(generation.outputs or [])):
+    for n, name in enumerate(generation.outputs or []):
         url = reverse("generation-image", kwargs={"pk": generation.pk, "index": n})
         links.append({"index": n, "url": url, "download": f"{url}?download=1",
+                      "video": name.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS,  # shown with <video>: no thumbnail
                       "thumbnail": _thumbnail_url(generation, n, "medium", fallback=url),
                       "small": _thumbnail_url(generation, n, "small", fallback=url),
                       "viewer": reverse("image-viewer", args=[generation.pk, n])})

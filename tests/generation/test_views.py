@@ -755,3 +755,16 @@ def test_backends_page_names_its_event_stream_and_cells(login, staff_user, setti
     assert 'data-healthy="true" data-failures="0"' in html
     for cell in ("capacity", "queue", "last-hour", "all-time", "last-ok", "last-checked"):
         assert f'data-cell="{cell}"' in html
+
+
+def test_video_outputs_play_in_a_video_element(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    GenerationRequest.objects.filter(pk=done.pk).update(outputs=[f"generations/{user.pk}/2026/01/01/x_0.mp4"],
+                                                        thumbnails=[{}])
+    client = login(user)
+    viewer = client.get(reverse("image-viewer", args=[done.pk, 0])).content.decode()
+    assert f'<video src="/api/v1/comfyui/{done.pk}/images/0/" controls' in viewer
+    assert 'class="viewer-image">' in viewer  # no zoom for a video: it has its own controls
+    for page in (reverse("history"), reverse("request-detail", args=[done.pk])):
+        html = client.get(page).content.decode()
+        assert f'<video src="/api/v1/comfyui/{done.pk}/images/0/" muted' in html
