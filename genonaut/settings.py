@@ -381,8 +381,9 @@ LIVE = {
     # how events reach the web process holding a stream: auto = Redis pub/sub with REDIS_URL, else
     # PostgreSQL LISTEN/NOTIFY on a direct PostgreSQL connection, else polling the database
     "FANOUT": env_str("LIVE_FANOUT", "auto"),
-    "POLL_SECONDS": env_float("LIVE_POLL_SECONDS", 0.25),  # polling fan-out: how often the database is read
-    "HEARTBEAT_SECONDS": env_float("LIVE_HEARTBEAT_SECONDS", 15.0),  # comment line on an idle stream
+    "POLL_SECONDS": env_float("LIVE_POLL_SECONDS", 0.1),  # polling fan-out: how often the database is read
+    # comment line on an idle stream; every 4th also re-reads the event log (a lost message costs that long)
+    "HEARTBEAT_SECONDS": env_float("LIVE_HEARTBEAT_SECONDS", 15.0),
     "STREAM_MAX_SECONDS": env_float("LIVE_STREAM_MAX_SECONDS", 1800.0),  # then closed; the client resumes
     "EVENT_RETENTION_HOURS": env_int("LIVE_EVENT_RETENTION_HOURS", 48),  # Last-Event-ID older than that: fresh state
     "DB_THREADS": env_int("LIVE_DB_THREADS", 4),  # an ASGI process's threads (and connections) for its streams

@@ -182,3 +182,20 @@ def test_backends_stream_is_for_staff(client_for, user, staff_user, reachable_ba
     assert events[0][0] == "backends"
     assert events[0][2] == client_for(staff_user).get(reverse("backends")).json()
     response.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_message_costs_at_most_a_few_heartbeats(live_settings, read_stream, api, user, make_generation):
+    from django.utils import timezone
+
+    from generation.models import RequestEvent
+
+    live_settings("postgres")
+    request = make_generation(user, Status.QUEUED)
+    reader = read_stream(api.get(events_url(request)))
+    reader.until(lambda e: e[0] == "status")
+    # a change whose announcement never came (the publishing process died between commit and publish)
+    type(request).objects.filter(pk=request.pk).update(status=Status.CANCELLED, finished_at=timezone.now())
+    RequestEvent.objects.create(request=request, user=user, status="cancelled", created_at=timezone.now())
+    assert reader.finish(timeout=10)[-1][0] == "cancelled"  # found by the re-read at the 4th heartbeat (2 s)
+    assert ": keepalive" in reader.text
