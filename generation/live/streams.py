@@ -60,6 +60,7 @@ class RequestStream:
         self.ended = False
         self.waiting = {}  # request id -> (status, queue position, waiting reason code) last sent, while waiting
         self.progress_sent = {}  # request id -> progress tuple last sent
+        self.running = set()  # ids of the requests whose last status sent is running
         self.positions_due = None  # monotonic time to re-read queue positions (the queue moved)
         self.last_sent = self.checked_at = time.monotonic()  # checked_at: the last read of the log
 
@@ -100,6 +101,8 @@ class RequestStream:
             elif kind == "preview":
                 frames.append(self._preview_frame(message["r"], message.get("n")))
         for request_id, message in latest.items():
+            if request_id not in self.running:
+                continue  # it ended (or went back to the queue) since: its progress would come after its end
             frames += self._progress_frames(request_id, message.get("f", 0.0), message.get("st", 0),
                                             message.get("t", 0), message.get("n", ""))
         if moved and self.waiting and self.positions_due is None:
@@ -193,6 +196,7 @@ class RequestStream:
             rows = rows.filter(pk=self.request_id)
         frames = []
         for row in rows:
+            self.running.add(str(row.pk))
             frames += self._progress_frames(str(row.pk), row.progress, row.current_step, row.total_steps,
                                             row.current_node)
         return frames
@@ -210,6 +214,10 @@ class RequestStream:
         from generation.selectors import queue_position, waiting_reason
 
         key = str(row.pk)
+        if status == Status.RUNNING:
+            self.running.add(key)
+        else:
+            self.running.discard(key)
         if status in TERMINAL:
             self.waiting.pop(key, None)
             self.progress_sent.pop(key, None)

@@ -84,6 +84,8 @@ def test_two_web_processes_each_stream_what_a_worker_publishes(redis, settings, 
     lifecycle.transition(request.pk, Status.RUNNING, expect={Status.QUEUED}, attempts=1)
     RunState.objects.create(request=request, attempt=1, progress=0.5, current_step=2, total_steps=4)
     bus.publish({"k": "progress", "u": user.pk, "r": str(request.pk), "f": 0.5, "st": 2, "t": 4, "n": "KSampler (3)"})
+    for client in (one, everything):  # (progress arriving together with the end is dropped: it is stale)
+        client.until(lambda e: e[0] == "progress")
     lifecycle.transition(request.pk, Status.FAILED, error="out of memory")
     for client in (one, everything):
         events = client.until(lambda e: e[0] == "failed")

@@ -199,3 +199,15 @@ def test_a_lost_message_costs_at_most_a_few_heartbeats(live_settings, read_strea
     RequestEvent.objects.create(request=request, user=user, status="cancelled", created_at=timezone.now())
     assert reader.finish(timeout=10)[-1][0] == "cancelled"  # found by the re-read at the 4th heartbeat (2 s)
     assert ": keepalive" in reader.text
+
+
+def test_progress_that_arrives_with_the_end_is_not_sent_after_it(user, make_generation):
+    from generation.live.streams import RequestStream
+
+    request = make_generation(user, Status.RUNNING, progress=0.25, current_step=1, total_steps=4)
+    stream = RequestStream(user_id=user.pk)
+    assert [f.split("\n")[0] for f in stream.start()[1:]] == ["event: status", "event: progress"]
+    assert lifecycle.transition(request.pk, Status.FAILED, error="boom")
+    progress = {"k": "progress", "u": user.pk, "r": str(request.pk), "f": 0.5, "st": 2, "t": 4, "n": ""}
+    frames = stream.react([progress, {"k": "event", "u": user.pk, "r": str(request.pk), "s": "failed"}])
+    assert [f.split("\n")[0] for f in frames] == ["event: failed"]
