@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from generation.comfyui.client import ComfyUIClient
 from generation.comfyui.errors import BackendUnavailable
+from generation.live import bus
 from generation.models import BackendState, GenerationRequest
 from generation.states import Status
 
@@ -76,6 +77,7 @@ def mark_down(url, error):
         BackendState.objects.filter(url=url).update(**values)
     if was_healthy:
         logger.warning("backend %s is out of rotation: %s", url, error)
+        bus.publish({"k": "backend"})
     return was_healthy
 
 
@@ -87,6 +89,7 @@ def mark_up(url):
         updated_at=now) == 1
     if came_back:
         logger.warning("backend %s is back in rotation", url)
+        bus.publish({"k": "backend"})
     else:
         BackendState.objects.filter(url=url).update(last_ok_at=now, last_checked_at=now)
     return came_back

@@ -384,3 +384,45 @@ class WorkflowTemplateVersion(models.Model):
 
     def __str__(self):
         return f"{self.template.slug} v{self.version}"
+
+
+class RequestEvent(models.Model):
+    """One status change of a request, as every live stream must deliver it (:mod:`generation.live`).
+
+    Written in the transaction that changes the status (:func:`generation.lifecycle.transition`), so the
+    log and the row never disagree; a stream replays it after a client's ``Last-Event-ID``. Only status
+    changes are kept here: progress and previews are sent as they happen and coalesced, never logged.
+    Old events are forgotten after ``LIVE["EVENT_RETENTION_HOURS"]`` (the reconciler).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    request = models.ForeignKey(GenerationRequest, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["request", "id"], name="reqevent_request_idx"),
+            models.Index(fields=["user", "id"], name="reqevent_user_idx"),
+            models.Index(fields=["created_at"], name="reqevent_created_idx"),
+        ]
+
+    def __str__(self):
+        return f"#{self.id} {self.request_id} → {self.status}"
+
+
+class LatestPreview(models.Model):
+    """The latest latent preview of a running request, when there is no Redis to keep it
+    (:mod:`generation.live.previews`): one narrow row per running request, replaced in place, deleted
+    when the request ends (and by the reconciler when it outlived ``LIVE["PREVIEW_TTL_SECONDS"]``)."""
+
+    request = models.OneToOneField(GenerationRequest, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    image_type = models.CharField(max_length=32)
+    data = models.BinaryField()
+    number = models.PositiveIntegerField(default=0, help_text="Counts the previews of the request")
+    updated_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"preview {self.number} of {self.request_id}"

@@ -4,7 +4,7 @@ Workers do the work and wake each other; this finds what fell between the cracks
 killed mid-job (stale heartbeat), a job past its deadline, a wake-up the broker lost, a
 backend whose backoff expired — and repairs it with conditional updates, so running it twice,
 or on two hosts at once, is harmless. It also applies the file-retention policy and forgets
-expired idempotency keys and idle rate/login counters.
+expired idempotency keys, idle rate/login counters, old live events and stale previews.
 Runs every minute (``manage.py setup_schedules``) and on demand (``manage.py reconcile``).
 """
 
@@ -17,6 +17,8 @@ from django.utils import timezone
 
 from generation import backends, enqueue, lifecycle
 from generation.idempotency import purge_expired_keys
+from generation.live import log as live_log
+from generation.live import previews as live_previews
 from generation.login_guard import purge_idle_counters
 from generation.models import GenerationRequest
 from generation.runner import stop_on_backend, take_over
@@ -42,6 +44,8 @@ def reconcile():
         "retention_cleared": apply_retention(),
         "idempotency_keys_expired": purge_expired_keys(),
         "counters_purged": purge_stale_counters() + purge_idle_counters(),
+        "events_forgotten": live_log.purge(),
+        "previews_expired": live_previews.purge_stale(),
     }
     if any(report.values()):
         logger.info("reconcile: %s", report)

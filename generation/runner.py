@@ -44,6 +44,8 @@ from generation.comfyui.errors import (
 )
 from generation.dispatcher import filename_prefix_for
 from generation.inputs import read_input
+from generation.live import bus
+from generation.live import previews as live_previews
 from generation.models import GenerationRequest, RunState
 from generation.pngmeta import NotAPng
 from generation.states import TERMINAL, Lease, Status
@@ -186,6 +188,8 @@ class JobRunner:
         self.graph = None  # the graph built for this attempt (stored on the row once submitted)
         self.woke = False  # whether this job already sent the wake-up for the slot it frees
         self.retry_at = None  # when a request this job requeued with a backoff may start again
+        self.preview_method = settings.LIVE["PREVIEW_METHOD"]
+        self.last_preview = float("-inf")  # monotonic time the last preview was kept
 
     # --- the paragraph ---------------------------------------------------------------------
 
@@ -195,7 +199,7 @@ class JobRunner:
             self.request = GenerationRequest.objects.get(pk=job.request_id)
             stored = resume and self.request.graph
             graph = self.request.graph if stored else self.build_graph()
-            with self.client.event_stream(job.prompt_id) as events:
+            with self.client.event_stream(job.prompt_id, previews=self.preview_method != "none") as events:
                 if resume:
                     # someone may have submitted it already: re-attach, never send it twice
                     location = self.client.locate(job.prompt_id)
@@ -206,7 +210,8 @@ class JobRunner:
                     # submit() itself asks /queue + /history before retrying after a transport error
                     location = Location("unsent")
                     self.write(force=True)  # still ours (not cancelled, not taken over): only then submit
-                    self.client.submit(graph, prompt_id=job.prompt_id, client_id=job.prompt_id)
+                    self.client.submit(graph, prompt_id=job.prompt_id, client_id=job.prompt_id,
+                                       extra_data=self.extra_data())
                 if not stored:
                     # the exact graph that runs, written while ComfyUI starts on it (a narrow heartbeat,
                     # not this write to the wide row, is what stands between the claim and the submit)
@@ -360,11 +365,32 @@ class JobRunner:
                     done[node] = max(done.get(node, 0.0), min(1.0, self.step / self.total_steps))
             elif isinstance(event, ev.Executed) and event.node:
                 done[event.node] = 1.0
+            elif isinstance(event, ev.Preview):
+                self.keep_preview(event)
             fraction = self.fraction(done, weights)
             if fraction > self.progress:
                 fields["progress"] = fraction
             self.write(**fields)
         raise PromptUnknown(self.job.prompt_id, backend=self.job.backend)  # the stream ended without an outcome
+
+    def extra_data(self):
+        """``extra_data`` of the prompt: ask ComfyUI for latent previews (``LIVE["PREVIEW_METHOD"]``)."""
+        return None if self.preview_method == "none" else {"preview_method": self.preview_method}
+
+    def keep_preview(self, event):
+        """Keep a latent preview of our prompt as the request's latest (at most one per
+        ``PREVIEW_INTERVAL``) and announce it. A preview is a nicety: failing to keep it costs nothing else."""
+        now = time.monotonic()
+        if event.prompt_id != self.job.prompt_id or not event.data or \
+                now - self.last_preview < settings.LIVE["PREVIEW_INTERVAL"]:
+            return
+        self.last_preview = now
+        try:
+            number = live_previews.store(self.job.request_id, self.request.user_id, event.image_type, event.data)
+        except Exception as exc:
+            logger.warning("request %s: could not keep a preview (%s)", self.job.request_id, exc)
+            return
+        bus.publish({"k": "preview", "u": self.request.user_id, "r": str(self.job.request_id), "n": number})
 
     @staticmethod
     def fraction(done, weights):
@@ -393,6 +419,9 @@ class JobRunner:
         self.last_write = now_monotonic
         self.progress = max(self.progress, values.get("progress", 0.0))
         self.pending_fields = {}
+        if values.keys() & PROGRESS_FIELDS and self.request is not None:
+            bus.publish({"k": "progress", "u": self.request.user_id, "r": str(self.job.request_id),
+                         "f": self.progress, "st": self.step, "t": self.total_steps, "n": self.current_node})
 
     def record(self, **fields):
         """Write ``fields`` of the request row itself (the graph sent, ``executed_at``): once per
@@ -612,6 +641,8 @@ class JobRunner:
             delete_files(self.written)
             self.written = []
 
+
+PROGRESS_FIELDS = frozenset({"progress", "current_node", "current_step", "total_steps"})
 
 # events that show a prompt moving: any of them resets the stall clock
 _ACTIVITY = (ev.ExecutionStart, ev.ExecutionCached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)

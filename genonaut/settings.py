@@ -375,6 +375,28 @@ GENERATION = {
     "THUMBNAIL_SIZES": {"small": 128, "medium": 384, "large": 768},
 }
 
+# --- live events (generation/live/) -----------------------------------------------------------
+
+LIVE = {
+    # how events reach the web process holding a stream: auto = Redis pub/sub with REDIS_URL, else
+    # PostgreSQL LISTEN/NOTIFY on a direct PostgreSQL connection, else polling the database
+    "FANOUT": env_str("LIVE_FANOUT", "auto"),
+    "POLL_SECONDS": env_float("LIVE_POLL_SECONDS", 0.25),  # polling fan-out: how often the database is read
+    "HEARTBEAT_SECONDS": env_float("LIVE_HEARTBEAT_SECONDS", 15.0),  # comment line on an idle stream
+    "STREAM_MAX_SECONDS": env_float("LIVE_STREAM_MAX_SECONDS", 1800.0),  # then closed; the client resumes
+    "EVENT_RETENTION_HOURS": env_int("LIVE_EVENT_RETENTION_HOURS", 48),  # Last-Event-ID older than that: fresh state
+    # latent previews: ComfyUI's preview method per prompt (none: no previews), at most one kept every
+    # PREVIEW_INTERVAL seconds per running request, for PREVIEW_TTL_SECONDS
+    "PREVIEW_METHOD": env_str("PREVIEW_METHOD", "latent2rgb"),
+    "PREVIEW_INTERVAL": env_float("PREVIEW_INTERVAL", 0.25),
+    "PREVIEW_TTL_SECONDS": env_int("PREVIEW_TTL_SECONDS", 120),
+}
+if LIVE["FANOUT"] not in ("auto", "redis", "postgres", "poll"):
+    raise ImproperlyConfigured(f"LIVE_FANOUT must be auto, redis, postgres or poll, got {LIVE['FANOUT']!r}")
+if LIVE["PREVIEW_METHOD"] not in ("none", "auto", "latent2rgb", "taesd"):
+    raise ImproperlyConfigured(
+        f"PREVIEW_METHOD must be none, auto, latent2rgb or taesd, got {LIVE['PREVIEW_METHOD']!r}")
+
 # --- Django-Q2: a cluster per role, each consuming its own queue ---------------------------------------
 
 def queues_for(site):

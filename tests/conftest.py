@@ -19,6 +19,17 @@ def _media_root(settings, tmp_path):
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def _live_hub():
+    """The web process's live-event listener, when a test opened a stream, stops with the test (it holds
+    a database connection and a cursor into the test's events)."""
+    yield
+    from generation.live.bus import hub
+
+    if hub._thread is not None:
+        hub.stop()
+
+
 @pytest.fixture
 def make_user(db):
     def make(username="alice", *, password="pw-correct-horse", is_staff=False):

@@ -250,3 +250,25 @@ class ErrorDetailSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
+
+
+class BackendSerializer(serializers.Serializer):
+    url = serializers.CharField()
+    healthy = serializers.BooleanField()
+    down_until = serializers.DateTimeField(allow_null=True)
+    consecutive_failures = serializers.IntegerField()
+    last_error = serializers.CharField(allow_blank=True)
+    last_ok_at = serializers.DateTimeField(allow_null=True)
+    last_checked_at = serializers.DateTimeField(allow_null=True)
+    capacity = serializers.IntegerField()
+    running = serializers.IntegerField()
+    executing = serializers.IntegerField()
+    waiting_on_backend = serializers.IntegerField()
+    storing_outputs = serializers.IntegerField(help_text="finished on ComfyUI, images being stored (holds no slot)")
+    free_slots = serializers.IntegerField()
+    loaded_checkpoint = serializers.CharField(allow_blank=True)
+    jobs_completed = serializers.IntegerField()
+    jobs_failed = serializers.IntegerField()
+    completed_last_hour = serializers.IntegerField()
+    failed_last_hour = serializers.IntegerField()
+    recent_failures = serializers.ListField(child=serializers.DictField())

@@ -18,6 +18,7 @@ router.register("comfyui", views.GenerationViewSet, basename="generation")
 urlpatterns = [
     path("", root.ApiRootView.as_view(), name="api-root"),
     path("comfyui/backends/", views.BackendsView.as_view(), name="backends"),
+    path("comfyui/backends/events/", views.BackendEventsView.as_view(), name="backend-events"),
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
     path("auth/webhook-secret/", views.WebhookSecretView.as_view(), name="webhook-secret"),
     *router.urls,

@@ -6,12 +6,12 @@ image bytes through :mod:`generation.serving`; errors become JSON in
 """
 
 from django.contrib.auth import authenticate
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -28,6 +28,7 @@ from generation.api.pagination import RequestCursorPagination
 from generation.api.parsers import BoundedFormParser, BoundedJSONParser, BoundedMultiPartParser
 from generation.api.serializers import (
     AvailableModelSerializer,
+    BackendSerializer,
     ErrorSerializer,
     GenerateSerializer,
     GenerationRequestSerializer,
@@ -47,9 +48,13 @@ from generation.api.throttles import SubmitThrottle, TokenThrottle
 from generation.errors import LoginLocked
 from generation.idempotency import HEADER as IDEMPOTENCY_HEADER
 from generation.idempotency import REGENERATE, SUBMIT, Idempotency
+from generation.live import log as live_log
+from generation.live import previews as live_previews
+from generation.live.streams import BackendsStream, RequestStream, async_frames, sync_frames
 from generation.login_guard import locked_for
 from generation.models import WorkflowTemplate
 from generation.selectors import queue_positions, request_for_user, requests_visible_to, waiting_reasons
+from generation.states import Status
 from generation.webhooks import rotate_webhook_secret, webhook_secret_for
 from generation.workflows import UnknownWorkflow, all_workflows, get_builtin, get_workflow, templates, workflows_for
 from generation.workflows.fields import Context
@@ -99,6 +104,15 @@ class AnyAcceptNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+LAST_EVENT_ID_PARAM = OpenApiParameter(
+    "Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False, pattern=live_log.CURSOR_PATTERN,
+    description="Resume after this event (the id of the last event received); also accepted as ?last_event_id=")
+EVENT_STREAM_RESPONSES = {
+    (200, "text/event-stream"): OpenApiResponse(
+        OpenApiTypes.STR, description="Events status, progress, preview, completed, failed, cancelled (docs/api.md)"),
+    204: OpenApiResponse(description="Resumed after the request's terminal event: nothing more will come"),
+    **READ_ERRORS,
+}
 IMAGE_VIEW_OPTIONS = {"renderer_classes": [JSONRenderer], "content_negotiation_class": AnyAcceptNegotiation}
 
 
@@ -205,6 +219,39 @@ class GenerationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             idempotency=_idempotency(request, operation=REGENERATE, target=original.pk))
         return self._render(generation, status_code=status.HTTP_201_CREATED,
                             headers=_created(request, generation, created))
+
+    @extend_schema(summary="Server-sent events of one request (text/event-stream; docs/api.md \"Live events\")",
+                   parameters=[LAST_EVENT_ID_PARAM], responses=EVENT_STREAM_RESPONSES)
+    @action(detail=True, methods=["get"], url_path="events", url_name="events", **IMAGE_VIEW_OPTIONS)
+    def events(self, request, pk=None):
+        generation = self.get_object()
+        cursor = _last_event_id(request)
+        if cursor is not None and generation.is_terminal and not live_log.events_after(
+                cursor, user_id=generation.user_id, request_id=generation.pk):
+            return HttpResponse(status=status.HTTP_204_NO_CONTENT)  # it ended before: EventSource stops
+        return event_stream_response(request, RequestStream(
+            user_id=generation.user_id, request_id=generation.pk, cursor=cursor, absolute=request.build_absolute_uri))
+
+    @extend_schema(summary="Server-sent events of all your requests (text/event-stream)",
+                   operation_id="v1_comfyui_all_events", parameters=[LAST_EVENT_ID_PARAM],
+                   responses=EVENT_STREAM_RESPONSES)
+    @action(detail=False, methods=["get"], url_path="events", url_name="all-events", **IMAGE_VIEW_OPTIONS)
+    def all_events(self, request):
+        return event_stream_response(request, RequestStream(
+            user_id=request.user.pk, cursor=_last_event_id(request), absolute=request.build_absolute_uri))
+
+    @extend_schema(summary="The latest latent preview of a running request (owner only; 404 when none)",
+                   responses={(200, "image/jpeg"): OpenApiTypes.BINARY, **READ_ERRORS})
+    @action(detail=True, methods=["get"], url_path="preview", url_name="preview", **IMAGE_VIEW_OPTIONS)
+    def preview(self, request, pk=None):
+        generation = request_for_user(user=request.user, request_id=pk)
+        mine = generation is not None and generation.user_id == request.user.pk
+        preview = live_previews.latest(generation.pk) if mine and generation.status == Status.RUNNING else None
+        if preview is None:
+            raise Http404("No preview.")
+        response = HttpResponse(preview.data, content_type=preview.image_type)
+        response["Cache-Control"] = "no-store"
+        return response
 
     @extend_schema(summary="An image (owner only; ETag, Range, S3 redirect)", parameters=IMAGE_PARAMS,
                    responses=IMAGE_RESPONSES)
@@ -397,28 +444,6 @@ class InputError(ValidationError):
         self.status_code = refused.status
 
 
-class BackendSerializer(serializers.Serializer):
-    url = serializers.CharField()
-    healthy = serializers.BooleanField()
-    down_until = serializers.DateTimeField(allow_null=True)
-    consecutive_failures = serializers.IntegerField()
-    last_error = serializers.CharField(allow_blank=True)
-    last_ok_at = serializers.DateTimeField(allow_null=True)
-    last_checked_at = serializers.DateTimeField(allow_null=True)
-    capacity = serializers.IntegerField()
-    running = serializers.IntegerField()
-    executing = serializers.IntegerField()
-    waiting_on_backend = serializers.IntegerField()
-    storing_outputs = serializers.IntegerField(help_text="finished on ComfyUI, images being stored (holds no slot)")
-    free_slots = serializers.IntegerField()
-    loaded_checkpoint = serializers.CharField(allow_blank=True)
-    jobs_completed = serializers.IntegerField()
-    jobs_failed = serializers.IntegerField()
-    completed_last_hour = serializers.IntegerField()
-    failed_last_hour = serializers.IntegerField()
-    recent_failures = serializers.ListField(child=serializers.DictField())
-
-
 class BackendsView(APIView):
     """Staff: each ComfyUI backend's health, load and recent failures."""
 
@@ -430,6 +455,46 @@ class BackendsView(APIView):
         from generation.backends import backend_overview
 
         return Response(BackendSerializer(backend_overview(), many=True).data)
+
+
+class BackendEventsView(APIView):
+    """Staff: the backends overview as server-sent events (event ``backends``)."""
+
+    permission_classes = [IsAdminUser]
+    renderer_classes = IMAGE_VIEW_OPTIONS["renderer_classes"]
+    content_negotiation_class = IMAGE_VIEW_OPTIONS["content_negotiation_class"]
+
+    @extend_schema(summary="Backend overview as server-sent events (staff only)",
+                   responses={200: OpenApiResponse(description="text/event-stream: event `backends`, data as "
+                                                   "GET /api/v1/comfyui/backends/"), 401: _ERR, 403: _ERR})
+    def get(self, request):
+        return event_stream_response(request, BackendsStream())
+
+
+def _last_event_id(request):
+    """The client's :class:`~generation.live.log.Cursor` (``Last-Event-ID`` header, or ``?last_event_id=``
+    for clients that cannot set headers), ``None`` on a fresh connection."""
+    text = request.headers.get("Last-Event-ID")
+    if text is None:
+        text = request.query_params.get("last_event_id")
+    if text is None:
+        return None  # (EventSource leaves the header out when it has no id; sent empty, it is refused)
+    try:
+        return live_log.Cursor.parse(text[:8192])
+    except live_log.BadCursor as exc:
+        raise ValidationError({"Last-Event-ID": [str(exc)]}) from exc
+
+
+def event_stream_response(request, stream):
+    """A ``text/event-stream`` response driving ``stream``: on the event loop under ASGI (no thread held
+    while it waits), in the request's thread under WSGI."""
+    from django.core.handlers.asgi import ASGIRequest
+
+    frames = async_frames(stream) if isinstance(request._request, ASGIRequest) else sync_frames(stream)
+    response = StreamingHttpResponse(frames, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
 
 
 class TokenView(APIView):

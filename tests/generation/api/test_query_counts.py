@@ -34,9 +34,10 @@ def test_a_submit_costs_a_fixed_number_of_queries(api, valid_params, one_backend
         submit(api, valid_params)
     # token, submit-throttle upsert (counted in the database: it holds across web processes),
     # checkpoint, backends' capabilities (can any run it?), BEGIN, user lock, active count,
-    # requirement set (insert if new), insert, COMMIT, pending → queued, broker queue size, queue position,
-    # reachable backends (its waiting reason)
-    with django_assert_num_queries(14):
+    # requirement set (insert if new), insert, COMMIT, then BEGIN, pending → queued, its live event (with
+    # its NOTIFY, one statement), COMMIT, broker queue size, queue position, reachable backends (its waiting
+    # reason)
+    with django_assert_num_queries(17):
         body = submit(api, valid_params)
     assert body["status"] == "queued" and body["queue_position"] == 4
     row = GenerationRequest.objects.get(pk=body["id"])
