@@ -47,7 +47,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memory import proc_memory  # noqa: E402
 from pipeline_bench import (  # noqa: E402
-    DEFAULT_SERVER,
     Harness,
     drop_database,
     median_ms,
@@ -69,6 +68,7 @@ SERVER_ENV = {  # production settings, as bench/api_bench.py runs gunicorn
     "ALLOWED_HOSTS": "127.0.0.1",
     "SECURE_SSL_REDIRECT": "0",
     "LOG_LEVEL": "WARNING",
+    "DATABASE_CONN_MAX_AGE": "60",  # as deploy/genonaut.env.example
 }
 
 
@@ -76,7 +76,8 @@ SERVER_ENV = {  # production settings, as bench/api_bench.py runs gunicorn
 
 
 class EventServer:
-    """One uvicorn process serving ``genonaut.asgi:application`` (no workers: the process is the server)."""
+    """The event server as deploy/systemd/genonaut-events.service starts it: one uvicorn process serving
+    ``genonaut.asgi:application`` (no workers: the process is the server)."""
 
     def __init__(self, env):
         self.port = free_port()
@@ -85,19 +86,21 @@ class EventServer:
         self.log = tempfile.NamedTemporaryFile(prefix="bench-events-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = None
 
-    def start(self, token):
+    def start(self):
         import requests
 
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "genonaut.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        from tests.plugins.gunicorn import events_command
+
+        argv = events_command()  # as deploy/systemd/genonaut-events.service runs it
+        argv[argv.index("--port") + 1] = str(self.port)
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
             try:
-                requests.get(f"{self.url}/api/v1/", headers={"Authorization": f"Token {token}"}, timeout=2)
+                requests.get(f"{self.url}/healthz", timeout=2)
                 return self
             except requests.ConnectionError:
                 time.sleep(0.2)
@@ -128,12 +131,57 @@ class EventServer:
         return Path(self.log.name).read_text()[-chars:]
 
 
-def postgres_connections(database):
+class PrivatePostgres:
+    """A throwaway PostgreSQL server (initdb in a temporary folder, run as the ``postgres`` user, default
+    settings but ``max_connections``) on a free port: 500 streams may hold more connections than the shared
+    server allows, and exhausting that one would break everyone else's tests."""
+
+    def __init__(self, max_connections):
+        self.max_connections = max_connections
+        self.port = free_port()
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}"
+        self.folder = tempfile.mkdtemp(prefix="bench-postgres-")
+        self.process = None
+
+    def start(self):
+        import shutil
+
+        shutil.chown(self.folder, "postgres", "postgres")
+        data = f"{self.folder}/data"
+        subprocess.run(["initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, user="postgres", group="postgres", timeout=120)
+        self.process = subprocess.Popen(
+            ["postgres", "-D", data, "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={self.folder}", "-c", f"max_connections={self.max_connections}"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.folder}/log", "w"),  # noqa: SIM115 - the folder goes
+            user="postgres", group="postgres", start_new_session=True)
+        deadline = time.monotonic() + 60
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start: {Path(self.folder, 'log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self):
+        import shutil
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def postgres_backends(database):
+    """PIDs of the PostgreSQL backends connected to ``database`` (this process's included)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database])
-        return cursor.fetchone()[0]
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --- the clients ---------------------------------------------------------------------------------
@@ -275,16 +323,17 @@ async def bench_latency(server, user, token, args):
             "requests": args.requests, "load_average": round(os.getloadavg()[0], 2)}
 
 
-def preview_latencies(events, simulators):
-    """Seconds from the latest frame of the request's prompt sent before each ``preview`` event was read."""
+def preview_latencies(events, request_ids, simulators):
+    """Seconds from the latest frame of the request's prompt sent before each ``preview`` event was read;
+    events no frame explains; frames sent for ``request_ids``."""
     from generation.models import GenerationRequest
 
-    sent = {}
+    prompts = dict(GenerationRequest.objects.filter(pk__in=request_ids).values_list("pk", "comfyui_prompt_id"))
+    sent = {prompt_id: [] for prompt_id in prompts.values()}
     for sim in simulators:
         for prompt_id, at in sim.stats()["recent_previews"]:
-            sent.setdefault(prompt_id, []).append(at)
-    prompts = dict(GenerationRequest.objects.filter(pk__in={e[2]["id"] for e in events})
-                   .values_list("pk", "comfyui_prompt_id"))
+            if prompt_id in sent:
+                sent[prompt_id].append(at)
     latencies, unmatched = [], 0
     for at, _, data in events:
         before = [t for t in sent.get(prompts.get(_uuid(data["id"]), ""), []) if t <= at]
@@ -310,16 +359,23 @@ async def bench_previews(harness, server, user, token, args):
         async with aiohttp.ClientSession() as session:
             streams = Streams(server.url, [token])
             await streams.open(session)
-            await run_workload(1.0, submit_paced, [user], args.preview_requests, 10, 16)
+            ids = await run_workload(1.0, submit_paced, [user], args.preview_requests, 10, 16)
             await streams.close()
     finally:
         for sim in harness.simulators:
             sim.configure(step_time=args.step_time)
     events = streams.events({"preview"})
-    latencies, unmatched, frames = await asyncio.to_thread(preview_latencies, events, harness.simulators)
+    latencies, unmatched, frames = await asyncio.to_thread(preview_latencies, events, ids, harness.simulators)
     return {**summary(latencies, 150), "frames_sent": frames, "preview_events": len(events),
             "unmatched": unmatched, "step_s": args.preview_step, "stream_failures": streams.failures,
             "load_average": round(os.getloadavg()[0], 2)}
+
+
+def _pss(pid):
+    try:
+        return proc_memory(pid)[1]
+    except OSError:  # gone meanwhile
+        return 0.0
 
 
 def make_users(count):
@@ -340,16 +396,24 @@ async def bench_streams(server, database, args):
 
     def snapshot(label):
         rss, pss = proc_memory(server.pid)
+        backends = postgres_backends(database)
         result[f"server_{label}"] = {"rss_mib": round(rss, 1), "pss_mib": round(pss, 1), "threads": server.threads(),
-                                     "postgres_connections": postgres_connections(database)}
+                                     "postgres_connections": len(backends),
+                                     "postgres_backends_pss_mib": round(sum(_pss(pid) for pid in backends), 1)}
         return rss
 
+    def cpu():
+        return cpu_seconds([server.pid]), cpu_seconds(postgres_backends(database)), time.process_time()
+
+    def spent(before):
+        after = cpu()
+        return {"server_cpu_s": round(after[0] - before[0], 2), "postgres_cpu_s": round(after[1] - before[1], 2),
+                "client_cpu_s": round(after[2] - before[2], 2)}
+
     async def idle(label, seconds):
-        server_cpu, own_cpu = cpu_seconds([server.pid]), time.process_time()
+        before = await asyncio.to_thread(cpu)
         await asyncio.sleep(seconds)
-        result[f"idle_{label}"] = {"seconds": seconds,
-                                   "server_cpu_s": round(cpu_seconds([server.pid]) - server_cpu, 2),
-                                   "client_cpu_s": round(time.process_time() - own_cpu, 2)}
+        result[f"idle_{label}"] = {"seconds": seconds, **await asyncio.to_thread(spent, before)}
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -372,20 +436,20 @@ async def bench_streams(server, database, args):
             args.idle / result["idle_no_streams"]["seconds"])
         result["idle_server_cpu_ms_per_stream_per_minute"] = round(idle_cpu * 1000 / args.streams * 60 / args.idle, 3)
         busy = users[:min(20, len(users))]
-        server_cpu, own_cpu, start = cpu_seconds([server.pid]), time.process_time(), time.monotonic()
+        before, start = await asyncio.to_thread(cpu), time.monotonic()
         await run_workload(1.0, submit_paced, busy, args.requests, args.rate)
         wall = time.monotonic() - start
-        result["while_events_flow"] = {"wall_s": round(wall, 1),
-                                       "server_cpu_s": round(cpu_seconds([server.pid]) - server_cpu, 2),
-                                       "server_cpu_share": round((cpu_seconds([server.pid]) - server_cpu) / wall, 3),
-                                       "client_and_submitter_cpu_s": round(time.process_time() - own_cpu, 2)}
+        flow = await asyncio.to_thread(spent, before)
+        result["while_events_flow"] = {"wall_s": round(wall, 1), **flow,
+                                       "server_cpu_share": round(flow["server_cpu_s"] / wall, 3),
+                                       "client_cpu_s includes": "the submitting thread"}
         await asyncio.to_thread(snapshot, "after_events")
         latencies, missed = await asyncio.to_thread(status_latencies, streams.events(STATUS_EVENTS))
         result["latency_with_all_open"] = {**summary(latencies, 100), "changes_never_received": missed}
         result["stream_failures_total"] = len(streams.failures)
         await streams.close()
-    await asyncio.sleep(3)
-    await asyncio.to_thread(snapshot, "after_close")
+    await asyncio.sleep(10)
+    await asyncio.to_thread(snapshot, "10s_after_close")
     result["load_average"] = round(os.getloadavg()[0], 2)
     return result
 
@@ -397,9 +461,19 @@ def run_mode(args):
     """All figures of one fan-out mode (this process's settings are that mode's)."""
     redis_url = args.redis if args.fanout == "redis" else ""
     os.environ.update(REDIS_URL=redis_url, LIVE_FANOUT=FANOUTS[args.fanout])
+    postgres = PrivatePostgres(args.max_connections).start() if args.postgres == "private" else None
     media = tempfile.TemporaryDirectory(prefix="bench-media-")
     name = f"genonaut_live_bench_{os.getpid()}"
-    database = f"{os.environ.get('BENCH_POSTGRES', DEFAULT_SERVER)}/{name}"
+    database = f"{postgres.url if postgres else args.postgres}/{name}"
+    try:
+        run_figures(args, redis_url, media, name, database)
+    finally:
+        media.cleanup()
+        if postgres is not None:
+            postgres.stop()
+
+
+def run_figures(args, redis_url, media, name, database):
     setup_django(database, media.name)
     from rest_framework.authtoken.models import Token
 
@@ -417,7 +491,7 @@ def run_mode(args):
         site = harness.cluster_up(capacity=1).env["Q_CLUSTER_NAME"]
         use_site(site)
         server = EventServer({"DATABASE_URL": database, "MEDIA_ROOT": media.name, "Q_CLUSTER_NAME": site})
-        server.start(token)
+        server.start()
         wait_all([_warm_up(user)], timeout=60)
         if "latency" in only:
             report(f"event latency, one stream, {args.requests} requests", asyncio.run(
@@ -436,7 +510,6 @@ def run_mode(args):
             server.stop()
             Path(server.log.name).unlink(missing_ok=True)
         harness.close()
-        media.cleanup()
         drop_database(database)
 
 
@@ -467,6 +540,9 @@ def main():
     parser.add_argument("--stream-users", type=int, default=500)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
     parser.add_argument("--redis", default=DEFAULT_REDIS)
+    parser.add_argument("--postgres", default="private",
+                        help="'private' (a throwaway server of this run's own) or a server URL without database")
+    parser.add_argument("--max-connections", type=int, default=700, help="of the private PostgreSQL server")
     args = parser.parse_args()
     modes = args.fanout.split(",")
     if unknown := set(modes) - set(FANOUTS):
