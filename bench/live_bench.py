@@ -403,11 +403,14 @@ async def bench_streams(server, database, args):
         return rss
 
     def cpu():
-        return cpu_seconds([server.pid]), cpu_seconds(postgres_backends(database)), time.process_time()
+        backends = {pid: cpu_seconds([pid]) for pid in postgres_backends(database)}
+        return cpu_seconds([server.pid]), backends, time.process_time()
 
     def spent(before):
         after = cpu()
-        return {"server_cpu_s": round(after[0] - before[0], 2), "postgres_cpu_s": round(after[1] - before[1], 2),
+        # per backend: those gone meanwhile are left out, those new counted from their start
+        postgres = sum(seconds - before[1].get(pid, 0.0) for pid, seconds in after[1].items())
+        return {"server_cpu_s": round(after[0] - before[0], 2), "postgres_cpu_s": round(postgres, 2),
                 "client_cpu_s": round(after[2] - before[2], 2)}
 
     async def idle(label, seconds):
