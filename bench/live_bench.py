@@ -259,16 +259,27 @@ def status_latencies(events):
         status = data.get("status") or name
         first.setdefault((str(data["id"]), status), at)
     if not first:
-        return [], {}
+        return {}, {}
     logged = {}
     for request_id, status, created_at in RequestEvent.objects.filter(
             request_id__in={key[0] for key in first}).order_by("id").values_list("request_id", "status", "created_at"):
         logged.setdefault((str(request_id), status), created_at.timestamp())
-    latencies = [at - logged[key] for key, at in first.items() if key in logged]
+    latencies = {key: at - logged[key] for key, at in first.items() if key in logged}
     missed = {}
     for _, status in (key for key in logged if key not in first):
         missed[status] = missed.get(status, 0) + 1
     return latencies, missed
+
+
+def latency_report(latencies, missed):
+    """p50/p95 of every change, and per status: ``queued`` is published by the submitting process (this
+    one), ``running`` and ``completed`` by the workers."""
+    by_status = {}
+    for (_, status), seconds in latencies.items():
+        by_status.setdefault(status, []).append(seconds)
+    return {**summary(list(latencies.values()), 100), "changes_never_received": missed,
+            "by_status": {status: {"n": len(values), "p50_ms": median_ms(values), "p95_ms": p95_ms(values)}
+                          for status, values in sorted(by_status.items())}}
 
 
 def summary(latencies, target_ms=None):
@@ -318,9 +329,9 @@ async def bench_latency(server, user, token, args):
         await streams.open(session)
         await run_workload(1.0, submit_paced, [user], args.requests, args.rate)
         await streams.close()
-    latencies, missed = await asyncio.to_thread(status_latencies, streams.events(STATUS_EVENTS))
-    return {**summary(latencies, 100), "changes_never_received": missed, "stream_failures": streams.failures,
-            "requests": args.requests, "load_average": round(os.getloadavg()[0], 2)}
+    report = latency_report(*await asyncio.to_thread(status_latencies, streams.events(STATUS_EVENTS)))
+    return {**report, "stream_failures": streams.failures, "requests": args.requests,
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
 def preview_latencies(events, request_ids, simulators):
@@ -447,8 +458,8 @@ async def bench_streams(server, database, args):
                                        "server_cpu_share": round(flow["server_cpu_s"] / wall, 3),
                                        "client_cpu_s includes": "the submitting thread"}
         await asyncio.to_thread(snapshot, "after_events")
-        latencies, missed = await asyncio.to_thread(status_latencies, streams.events(STATUS_EVENTS))
-        result["latency_with_all_open"] = {**summary(latencies, 100), "changes_never_received": missed}
+        result["latency_with_all_open"] = latency_report(
+            *await asyncio.to_thread(status_latencies, streams.events(STATUS_EVENTS)))
         result["stream_failures_total"] = len(streams.failures)
         await streams.close()
     await asyncio.sleep(10)
