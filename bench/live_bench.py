@@ -450,12 +450,16 @@ async def bench_streams(server, database, args):
             args.idle / result["idle_no_streams"]["seconds"])
         result["idle_server_cpu_ms_per_stream_per_minute"] = round(idle_cpu * 1000 / args.streams * 60 / args.idle, 3)
         busy = users[:min(20, len(users))]
+        received = sum(len(sink) for sink in streams.received)
         before, start = await asyncio.to_thread(cpu), time.monotonic()
         await run_workload(1.0, submit_paced, busy, args.requests, args.rate)
         wall = time.monotonic() - start
         flow = await asyncio.to_thread(spent, before)
+        events = sum(len(sink) for sink in streams.received) - received
         result["while_events_flow"] = {"wall_s": round(wall, 1), **flow,
                                        "server_cpu_share": round(flow["server_cpu_s"] / wall, 3),
+                                       "events_received": events,
+                                       "server_cpu_ms_per_event": round(flow["server_cpu_s"] * 1e3 / max(events, 1), 2),
                                        "client_cpu_s includes": "the submitting thread"}
         await asyncio.to_thread(snapshot, "after_events")
         result["latency_with_all_open"] = latency_report(
