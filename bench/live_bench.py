@@ -1,33 +1,38 @@
 """Live events benchmark (issue 13): event latency, preview latency, 500 open streams on one web process.
 
     .venv/bin/python bench/live_bench.py [--fanout redis,postgres,poll] [--only latency,previews,streams]
-                                         [--requests 120] [--rate 4] [--preview-requests 8] [--preview-step 0.4]
+                                         [--requests 40] [--rate 4] [--preview-requests 8] [--preview-step 0.4]
                                          [--streams 500] [--stream-users 500] [--idle 60] [--redis URL]
+                                         [--postgres private|URL] [--max-connections 700]
 
 Each fan-out mode runs in a child process of its own (the web server, the workers and this process must
 read the same settings at start-up): ``redis`` (``REDIS_URL`` set: Redis pub/sub, and the Redis broker),
 ``postgres`` (no ``REDIS_URL``: PostgreSQL ``LISTEN/NOTIFY``, ORM broker), ``poll`` (``LIVE_FANOUT=poll``:
-the web process reads the database every ``LIVE_POLL_SECONDS``). Per mode, on loopback, in a database of
-its own (``genonaut_live_bench_<pid>``, created, migrated, dropped): 2 simulators (capacity 1 each), one
-real worker cluster (``pipeline_bench.Harness``), and the event server as production runs it — one
-uvicorn process serving ``genonaut.asgi:application`` (production settings: ``DEBUG`` off). Clients are
-aiohttp streams of ``GET /api/v1/comfyui/events/`` in this process; requests are submitted here with
-``submit_generation`` (as the API does), in a thread, at ``--rate`` per second.
+the web process reads the database every ``LIVE_POLL_SECONDS``). Per mode, on loopback: a private
+PostgreSQL server (``--postgres private``, the default: initdb in a temporary folder, ``max_connections``
+700, since every open stream holds a connection and the shared server allows 100; stopped and deleted
+at the end) with a database of its own (``genonaut_live_bench_<pid>``), 2 simulators (capacity 1 each),
+one real worker cluster (``pipeline_bench.Harness``), and the event server as
+deploy/systemd/genonaut-events.service runs it — one uvicorn process serving ``genonaut.asgi:application``
+(production settings: ``DEBUG`` off). Clients are aiohttp streams of ``GET /api/v1/comfyui/events/`` in
+this process; requests are submitted here with ``submit_generation`` (as the API does), in a thread, at
+``--rate`` per second.
 
-1. ``latency``: one stream; ``--requests`` requests of 4 steps. Every status event (``status``,
-   ``completed``, …) is timed from the ``created_at`` of its ``RequestEvent`` row (written in the
-   transaction of the change) to the moment this client read its ``data:`` line. p50/p95/max.
+1. ``latency``: one stream; ``--requests`` requests of 4 steps. Every status change (``queued``,
+   ``running``, ``completed``) is timed from the ``created_at`` of its ``RequestEvent`` row (written in the
+   transaction of the change) to the moment this client read its ``data:`` line. p50/p95/max, also per
+   status.
 2. ``previews``: one stream; ``--preview-requests`` requests of 16 steps, ``--preview-step`` seconds a
-   step, so every frame is apart by more than the runner's ``PREVIEW_INTERVAL`` and by more than any
+   step, so frames are apart by more than the runner's ``PREVIEW_INTERVAL`` and by more than any
    latency seen: a ``preview`` event is timed from the send time of the latest frame of its prompt sent
    before it arrived (the simulator's ``recent_previews``). Also: frames sent vs preview events received.
 3. ``streams``: ``--streams`` streams of ``--stream-users`` users (stream i is user i mod that). The
-   server's RSS and PSS before (after a warm-up stream), with all open, after events flowed and after
-   they are closed; its CPU time over ``--idle`` seconds with none open and with all open (idle: only
-   heartbeats), and while ``--requests`` requests of the first 20 users run (latency as in 1, on
-   those users' streams). This process's own CPU time is reported too: it shares the 2 cores.
+   server's RSS and PSS, threads, and the database's connections and their backends' PSS: after a
+   warm-up stream, with all open, after events flowed and 10 s after they are closed; CPU time of the
+   server, of PostgreSQL and of this process over ``--idle`` seconds with all open (and 10 s with none),
+   and while ``--requests`` requests of the first 20 users run (latency as in 1, on those users' streams).
 
-See bench/README.md "Live events".
+Every process started is stopped by PID, also on failure or SIGTERM. See bench/README.md "Live events".
 """
 
 import argparse
