@@ -116,6 +116,8 @@ class GenerationRequest(models.Model):
                          condition=Q(finished_at__isnull=False)),
             # retention: the oldest finished requests that still have files (cleared rows leave the index)
             models.Index(fields=["finished_at"], name="genreq_retention_idx", condition=~Q(outputs=[], thumbnails=[])),
+            # reconciler: cancels whose stop on the backend is still to be done (its task was lost)
+            models.Index(fields=["finished_at"], name="genreq_stop_pending_idx", condition=Q(backend_stop="pending")),
         ]
 
     def __str__(self):

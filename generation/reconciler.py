@@ -21,7 +21,7 @@ from generation.live import log as live_log
 from generation.live import previews as live_previews
 from generation.login_guard import purge_idle_counters
 from generation.models import GenerationRequest
-from generation.runner import stop_on_backend, take_over
+from generation.runner import stop_cancelled_prompt, stop_on_backend, take_over
 from generation.states import TERMINAL, Status
 from generation.storage import delete_request_files, delete_unreferenced_files
 from generation.throttling import purge_stale_counters
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 LOST_WAKEUP_SECONDS = 5  # a request queued this long while a slot is free had its wake-up lost
 PENDING_GRACE_SECONDS = 30  # pending this long: the submit's on-commit hook never ran
+STOP_GRACE_SECONDS = 30  # a cancel's stop still pending this long: its task was lost
 RETENTION_BATCH = 200
 
 
@@ -39,6 +40,7 @@ def reconcile():
         "timed_out": fail_past_deadline(),
         "taken_over": take_over_stale(),
         "pending_queued": queue_forgotten_pending(),
+        "stops_retried": stop_forgotten_cancels(),
         "backends_back": len(probe_backends()),
         "wakeups": wake_for_waiting(),
         "retention_cleared": apply_retention(),
@@ -87,6 +89,18 @@ def take_over_stale(now=None):
             enqueue.resume_job(request_id, attempts, lease)
             count += 1
     return count
+
+
+def stop_forgotten_cancels(now=None, *, batch=20):
+    """Cancelled running requests whose stop on the backend is still pending a while after the cancel
+    (the broker lost the stop task, or no housekeeping worker ran it): stop them now. Otherwise the prompt
+    would run to its end on ComfyUI, holding a slot nobody counts."""
+    now = now or timezone.now()
+    forgotten = GenerationRequest.objects.filter(
+        backend_stop=GenerationRequest.BackendStop.PENDING, status=Status.CANCELLED,
+        finished_at__lt=now - timedelta(seconds=STOP_GRACE_SECONDS)).order_by("finished_at")
+    return sum(stop_cancelled_prompt(request_id) is not None
+               for request_id in forgotten.values_list("id", flat=True)[:batch])
 
 
 def queue_forgotten_pending(now=None):

@@ -7,6 +7,7 @@ from generation import views
 urlpatterns = [
     path("", views.generate, name="generate"),
     path("history/", views.history, name="history"),
+    path("history/tiles/", views.history_tiles, name="history-tiles"),
     path("models/", views.models_page, name="models"),
     path("backends/", views.backends_page, name="backends-page"),
     path("requests/<uuid:request_id>/", views.request_detail, name="request-detail"),

@@ -27,11 +27,13 @@ from generation.forms import GenerateForm, HistoryFilterForm, input_image_field
 from generation.idempotency import SUBMIT, Idempotency
 from generation.models import InputImage
 from generation.states import Status
+from generation.storage import OUTPUT_KINDS
 from generation.workflows import DEFAULT_WORKFLOW, UnknownWorkflow, all_workflows, get_workflow, workflows_for
 from generation.workflows.fields import Image
 from models_registry.models import ModelType, offered_models
 
 HISTORY_PAGE_SIZE = 24
+TILES_PER_FETCH = HISTORY_PAGE_SIZE  # the live History page asks for at most a page of tiles at once
 
 
 def _get_request_or_404(user, request_id):
@@ -62,6 +64,9 @@ def _form_idempotency(request, form):
     return Idempotency.of(operation=SUBMIT, key=key, body=data)
 
 
+VIDEO_EXTENSIONS = frozenset(kind for kind, is_image in OUTPUT_KINDS.items() if not is_image)
+
+
 def _thumbnail_url(generation, index, size, *, fallback):
     sizes = generation.thumbnails[index] if index < len(generation.thumbnails or []) else {}
     if size not in (sizes or {}):
@@ -72,9 +77,10 @@ def _thumbnail_url(generation, index, size, *, fallback):
 def image_links(generation):
     """URLs of each stored image of ``generation`` (served by the API's owner-checked image views)."""
     links = []
-    for n in range(len(generation.outputs or [])):
+    for n, name in enumerate(generation.outputs or []):
         url = reverse("generation-image", kwargs={"pk": generation.pk, "index": n})
         links.append({"index": n, "url": url, "download": f"{url}?download=1",
+                      "video": name.rsplit(".", 1)[-1] in VIDEO_EXTENSIONS,  # shown with <video>: no thumbnail
                       "thumbnail": _thumbnail_url(generation, n, "medium", fallback=url),
                       "small": _thumbnail_url(generation, n, "small", fallback=url),
                       "viewer": reverse("image-viewer", args=[generation.pk, n])})
@@ -201,13 +207,15 @@ def request_detail(request, request_id):
     """One request's card: status, live progress, cancel, images or the failure reason."""
     generation = _get_request_or_404(request.user, request_id)
     return render(request, "generation/request_detail.html",
-                  {**_status_context(generation), **_parameters_context(generation)})
+                  {**_status_context(generation), **_parameters_context(generation),
+                   "events_url": reverse("generation-events", args=[generation.pk])})
 
 
 @never_cache
 @login_required
 def request_status(request, request_id):
-    """The card's live part alone, fetched by the page every second while the request is active."""
+    """The card's live part alone: fetched by the page when its event stream reports a new status,
+    or every second while the request is active when the stream is not available."""
     generation = _get_request_or_404(request.user, request_id)
     return render(request, "generation/partials/request_status.html", _status_context(generation))
 
@@ -304,9 +312,27 @@ def history(request):
     query.pop("page", None)
     return render(request, "generation/history.html", {
         "page": page, "cards": history_cards(page.object_list, workflows=workflows), "filters": filters,
-        "query": query.urlencode(),
+        "query": query.urlencode(), "events_url": reverse("generation-all-events"),
         "has_any": filters.is_filtered or page.paginator.count > 0 or
         selectors.history_for_user(request.user).exists()})
+
+
+@never_cache
+@login_required
+def history_tiles(request):
+    """History tiles alone (``?id=<uuid>&id=…``, the person's own requests; unknown ids are left out),
+    fetched by the History page when its event stream reports that a request changed state.
+    ``next`` is the History address the tiles' delete buttons return to."""
+    ids = []
+    for value in request.GET.getlist("id")[:TILES_PER_FETCH]:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    requests = selectors.history_for_user(request.user).filter(pk__in=ids)
+    back_to = _back(request, reverse("history"))
+    return render(request, "generation/partials/history_tiles.html", {
+        "cards": history_cards(requests, workflows=all_workflows(request.user)), "back_to": back_to})
 
 
 def history_cards(requests, *, workflows):
@@ -385,4 +411,5 @@ def backends_page(request):
     healthy = sum(1 for backend in backends if backend["healthy"])
     for backend in backends:  # where a down backend's work goes meanwhile, if anywhere
         backend["others_in_rotation"] = healthy - (1 if backend["healthy"] else 0)
-    return render(request, "generation/backends.html", {"backends": backends})
+    return render(request, "generation/backends.html",
+                  {"backends": backends, "events_url": reverse("backend-events")})

@@ -385,12 +385,15 @@ LIVE = {
     "HEARTBEAT_SECONDS": env_float("LIVE_HEARTBEAT_SECONDS", 15.0),  # comment line on an idle stream
     "STREAM_MAX_SECONDS": env_float("LIVE_STREAM_MAX_SECONDS", 1800.0),  # then closed; the client resumes
     "EVENT_RETENTION_HOURS": env_int("LIVE_EVENT_RETENTION_HOURS", 48),  # Last-Event-ID older than that: fresh state
+    "DB_THREADS": env_int("LIVE_DB_THREADS", 4),  # an ASGI process's threads (and connections) for its streams
     # latent previews: ComfyUI's preview method per prompt (none: no previews), at most one kept every
     # PREVIEW_INTERVAL seconds per running request, for PREVIEW_TTL_SECONDS
     "PREVIEW_METHOD": env_str("PREVIEW_METHOD", "latent2rgb"),
     "PREVIEW_INTERVAL": env_float("PREVIEW_INTERVAL", 0.25),
     "PREVIEW_TTL_SECONDS": env_int("PREVIEW_TTL_SECONDS", 120),
 }
+if LIVE["DB_THREADS"] < 1:
+    raise ImproperlyConfigured("LIVE_DB_THREADS must be at least 1")
 if LIVE["FANOUT"] not in ("auto", "redis", "postgres", "poll"):
     raise ImproperlyConfigured(f"LIVE_FANOUT must be auto, redis, postgres or poll, got {LIVE['FANOUT']!r}")
 if LIVE["PREVIEW_METHOD"] not in ("none", "auto", "latent2rgb", "taesd"):

@@ -489,8 +489,15 @@ def event_stream_response(request, stream):
     """A ``text/event-stream`` response driving ``stream``: on the event loop under ASGI (no thread held
     while it waits), in the request's thread under WSGI."""
     from django.core.handlers.asgi import ASGIRequest
+    from django.db import connections
 
-    frames = async_frames(stream) if isinstance(request._request, ASGIRequest) else sync_frames(stream)
+    if isinstance(request._request, ASGIRequest):
+        frames = async_frames(stream)
+        # Django parks this request's thread, with its database connection, until the stream ends; the
+        # stream's own database work runs on a shared pool, so give the connection back now
+        connections.close_all()
+    else:
+        frames = sync_frames(stream)
     response = StreamingHttpResponse(frames, content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache, no-store"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once

@@ -536,13 +536,20 @@ class Simulator:
         return self.faults["drop_websockets"] or (self.faults["ws_drop_rate"]
                                                   and self.rng.random() < self.faults["ws_drop_rate"])
 
-    async def _send(self, kind, data, sid):
+    async def _socket_to_send_on(self, sid):
+        """The socket of ``sid``, or ``None``: there is none, or the fault dice dropped it just now."""
         socket = self.sockets.get(sid) if sid else None
         if socket is None:
-            return
+            return None
         if self._drop_dice():
             self.sockets.pop(sid, None)
             await socket.close()
+            return None
+        return socket
+
+    async def _send(self, kind, data, sid):
+        socket = await self._socket_to_send_on(sid)
+        if socket is None:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await socket.send_str(_frame(kind, data))
@@ -553,12 +560,8 @@ class Simulator:
 
     async def _send_preview(self, sid, prompt_id, node_id, jpeg):
         """One binary preview frame: type 4 with metadata when the socket asked for it, else legacy type 1."""
-        socket = self.sockets.get(sid) if sid else None
+        socket = await self._socket_to_send_on(sid)
         if socket is None:
-            return
-        if self._drop_dice():
-            self.sockets.pop(sid, None)
-            await socket.close()
             return
         if self._wants_metadata(sid):
             metadata = json.dumps({"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,

@@ -176,6 +176,7 @@ class Hub:
 
     def __init__(self):
         self._subscriptions = set()
+        self._by_user = {}  # user id (None: subscriptions of everything) -> its subscriptions
         self._lock = threading.Lock()
         self._thread = None
         self._stop = threading.Event()
@@ -185,6 +186,7 @@ class Hub:
     def subscribe(self, subscription):
         with self._lock:
             self._subscriptions.add(subscription)
+            self._by_user.setdefault(subscription.user_id, set()).add(subscription)
             if self._thread is None or not self._thread.is_alive():
                 self.mode = fanout()
                 self._stop.clear()
@@ -195,6 +197,11 @@ class Hub:
     def unsubscribe(self, subscription):
         with self._lock:
             self._subscriptions.discard(subscription)
+            mine = self._by_user.get(subscription.user_id)
+            if mine is not None:
+                mine.discard(subscription)
+                if not mine:
+                    del self._by_user[subscription.user_id]
 
     @property
     def subscriptions(self):
@@ -202,7 +209,15 @@ class Hub:
             return list(self._subscriptions)
 
     def dispatch(self, message):
-        for subscription in self.subscriptions:
+        """Hand ``message`` to the subscriptions that may want it: a status change and a resync to all (a
+        status change moves others' queue positions), progress and previews only to their owner's (and
+        to those that want everything), so a busy process does not offer each of them to every stream."""
+        with self._lock:
+            if message.get("k") in ("event", "resync"):
+                targets = list(self._subscriptions)
+            else:
+                targets = self._by_user.get(message.get("u"), set()) | self._by_user.get(None, set())
+        for subscription in targets:
             subscription.push(message)
 
     def stop(self):

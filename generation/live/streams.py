@@ -3,7 +3,7 @@
 A stream is a small synchronous state machine (:class:`RequestStream`, :class:`BackendsStream`) fed
 by a :class:`~generation.live.bus.Subscription`; :func:`sync_frames` drives it in a thread (WSGI:
 ``runserver``, tests) and :func:`async_frames` on an event loop (ASGI: ``uvicorn``, where an open stream
-costs no thread). Database work runs through ``sync_to_async``; progress and previews need none.
+costs no thread). There, database work runs on a small shared thread pool; progress and previews need none.
 
 Contract (docs/api.md "Live events"): first ``retry:``, then the current state (or, after a
 ``Last-Event-ID``, every logged change since it, then the current progress); then changes as they
@@ -11,10 +11,14 @@ happen. Every event has an ``id:`` (the :class:`~generation.live.log.Cursor`); a
 ends after its terminal event; comment heartbeats keep idle connections open.
 """
 
+import asyncio
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.urls import reverse
 
 from generation.live import log, previews
@@ -325,17 +329,38 @@ def sync_frames(stream):
         hub.unsubscribe(subscription)
 
 
+_db_pool = None
+_db_pool_lock = threading.Lock()
+
+
+def _database_threads():
+    """The few threads that do every stream's database work in an ASGI process. Not Django's
+    ``sync_to_async``: under ASGI its thread-sensitive mode gives each request (each open stream) a thread
+    and a database connection of its own — 500 streams, 500 connections."""
+    global _db_pool
+    with _db_pool_lock:
+        if _db_pool is None:
+            _db_pool = ThreadPoolExecutor(max_workers=settings.LIVE["DB_THREADS"],
+                                          thread_name_prefix="genonaut-live-db")
+        return _db_pool
+
+
+def _with_connection(func, *args):
+    close_old_connections()  # a pooled thread's connection may have died or aged since its last use
+    return func(*args)
+
+
+async def _in_database_thread(func, *args):
+    return await asyncio.get_running_loop().run_in_executor(_database_threads(), _with_connection, func, *args)
+
+
 async def async_frames(stream):
     """Drive ``stream`` on the running event loop (ASGI): as :func:`sync_frames`, holding no thread while
-    it waits."""
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-
+    it waits; database work runs on a small shared pool (``LIVE["DB_THREADS"]``)."""
     subscription = hub.subscribe(stream.subscription(loop=asyncio.get_running_loop()))
     deadline = time.monotonic() + settings.LIVE["STREAM_MAX_SECONDS"]
     try:
-        yield "".join(await sync_to_async(stream.start)()).encode()
+        yield "".join(await _in_database_thread(stream.start)).encode()
         while not stream.ended and _remaining(deadline) > 0:
             subscription.watch_others = bool(getattr(stream, "waiting", None))
             await subscription.wait_async(min(stream.timeout(), _remaining(deadline)))
@@ -344,9 +369,9 @@ async def async_frames(stream):
                 if stream.is_light(messages, overflowed, moved):
                     frames = stream.react(messages)
                 else:
-                    frames = await sync_to_async(stream.react)(messages, overflowed, moved)
+                    frames = await _in_database_thread(stream.react, messages, overflowed, moved)
             else:
-                frames = await sync_to_async(stream.tick)()
+                frames = await _in_database_thread(stream.tick)
             if frames:
                 yield "".join(frames).encode()
     finally:

@@ -98,6 +98,20 @@ def encode_prompts(graph, *, positive_id, negative_id, clip, prompt, negative_pr
     return [positive_id, 0], [negative_id, 0]
 
 
+def checkpoint_and_prompts(graph, params, *, checkpoint_id, first_lora_id, positive_id, negative_id):
+    """The head of every checkpoint workflow: the checkpoint, its LoRA chain (:func:`load_checkpoint`) and
+    the two prompts (:func:`encode_prompts`), from the ``checkpoint_model``, ``lora_models``, ``prompt`` and
+    ``negative_prompt`` parameters, at the node ids the workflow gives. Returns ``(model, vae, positive,
+    negative, loras)``; the LoRA nodes are taken out of ``graph`` and returned, for the caller to add last
+    (where the recorded graphs have them)."""
+    model, clip, vae = load_checkpoint(graph, checkpoint_id, checkpoint=params["checkpoint_model"],
+                                       loras=params["lora_models"], first_lora_id=first_lora_id)
+    loras = {node_id: graph.pop(node_id) for node_id in list(graph) if node_id != checkpoint_id}
+    positive, negative = encode_prompts(graph, positive_id=positive_id, negative_id=negative_id, clip=clip,
+                                        prompt=params["prompt"], negative_prompt=params["negative_prompt"])
+    return model, vae, positive, negative, loras
+
+
 def ksampler(graph, node_id, *, sampler, model, positive, negative, latent, seed=None):
     """A KSampler node from a validated sampler group (``seed`` overrides the group's, if given)."""
     graph[node_id] = {"class_type": "KSampler", "inputs": {

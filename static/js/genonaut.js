@@ -1,67 +1,16 @@
 /* Genonaut — small enhancements over server-rendered pages. Plain JavaScript, no build step.
- * Every page works without it; with it: live progress, LoRA sliders, trigger words, size presets,
- * seed randomise, grid/list memory, History filters applied as they change, copy buttons and delete
- * confirmation. Page-specific parts live beside it: inputs.js and mask.js (Generate), viewer.js. */
+ * Every page works without it; with it: LoRA sliders, trigger words, size presets, seed randomise,
+ * grid/list memory, History filters applied as they change, copy buttons and delete confirmation.
+ * Page-specific parts live beside it: inputs.js and mask.js (Generate), viewer.js, and live.js (pages
+ * that update themselves from server-sent events: the request card, History, Backends). */
 (function () {
   "use strict";
 
-  var POLL_MS = 1000;
-  var POLL_LIMIT_MS = 2 * 60 * 60 * 1000; // stop following after two hours; a reload resumes
   var VIEW_KEY = "genonaut.historyView";
   var SEARCH_DELAY_MS = 350;  // typing pauses this long before the search is applied
 
   function all(selector, root) {
     return Array.prototype.slice.call((root || document).querySelectorAll(selector));
-  }
-
-  /* Live progress: re-fetch the status partial while the request is active. */
-  function followStatus(container) {
-    var url = container.getAttribute("data-live-url");
-    var started = Date.now();
-    var busy = false;
-    function isActive() {
-      var live = container.querySelector(".live");
-      return live && live.getAttribute("data-active") === "true";
-    }
-    if (!isActive()) return;
-    var timer = setInterval(function () {
-      if (Date.now() - started > POLL_LIMIT_MS) { clearInterval(timer); return; }
-      if (busy || document.hidden) return;
-      busy = true;
-      fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
-        .then(function (response) {
-          if (response.status === 404) {
-            clearInterval(timer);
-            showProblem(container, "This request no longer exists (deleted in another window?).");
-            return null;
-          }
-          if (response.redirected) {  // to the login page: the session ended
-            clearInterval(timer);
-            showProblem(container, "You were logged out; reload the page to log in again.");
-            return null;
-          }
-          if (!response.ok) throw new Error("status " + response.status);
-          return response.text();
-        })
-        .then(function (html) {
-          if (html === null) return;
-          container.innerHTML = html;
-          if (!isActive()) clearInterval(timer);
-        })
-        .catch(function () { showProblem(container, "Lost contact with the server; retrying…"); })
-        .then(function () { busy = false; });
-    }, POLL_MS);
-  }
-
-  function showProblem(container, text) {
-    var note = container.querySelector(".poll-problem");
-    if (!note) {
-      note = document.createElement("p");
-      note.className = "poll-problem";
-      note.setAttribute("role", "status");
-      container.appendChild(note);
-    }
-    note.textContent = text;
   }
 
   /* LoRA rows: slider and number stay in step; a row's inputs are enabled only when it is chosen. */
@@ -295,7 +244,6 @@
   });
 
   document.addEventListener("DOMContentLoaded", function () {
-    all("[data-live-url]").forEach(followStatus);
     all("[data-lora-row]").forEach(setupLoraRow);
     all("[data-size-preset]").forEach(setupSizePreset);
     all("select[data-describe]").forEach(setupCheckpointDescription);

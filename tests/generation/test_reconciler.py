@@ -167,3 +167,23 @@ def test_retention_clears_the_oldest_first_along_its_index(one_backend, user, se
         plan = "\n".join(row[0] for row in cursor.fetchall())
     # its predicate is implied by the query, and it hands rows over oldest first: no sort, no scan of cleared rows
     assert "Index Scan using genreq_retention_idx" in plan and "Sort" not in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_cancel_whose_stop_task_was_lost_is_stopped_by_the_reconciler(user, make_generation):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generation.reconciler import STOP_GRACE_SECONDS, stop_forgotten_cancels
+
+    pending = GenerationRequest.BackendStop.PENDING
+    old = make_generation(user, Status.CANCELLED, backend="http://127.0.0.1:9", backend_stop=pending,
+                          finished_at=timezone.now() - timedelta(seconds=STOP_GRACE_SECONDS + 5))
+    fresh = make_generation(user, Status.CANCELLED, backend="http://127.0.0.1:9", backend_stop=pending)
+    assert stop_forgotten_cancels() == 1
+    old.refresh_from_db()
+    fresh.refresh_from_db()
+    assert old.backend_stop != pending  # the stop was made (done or unreachable: it is no longer pending)
+    assert fresh.backend_stop == pending  # its own task may still run
+    assert stop_forgotten_cancels() == 0

@@ -701,3 +701,70 @@ def test_a_down_backend_beside_a_healthy_one(login, staff_user, settings):
     html = login(staff_user).get(reverse("backends-page")).content.decode()
     assert "Meanwhile its jobs go to the other backend in rotation." in html
     assert "tiny-sd15-random.safetensors" in html  # it has answered before: what it last loaded is shown
+
+
+# --- live pages (server-sent events; static/js/live.js) ---------------------------------------
+
+def test_the_card_names_its_event_stream(login, user, checkpoint):
+    running = make_request(user, checkpoint, status=Status.RUNNING, attempts=1)
+    RunState.objects.create(request=running, attempt=1, progress=0.5, current_step=2, total_steps=4,
+                            current_node="KSampler (3)")
+    client = login(user)
+    html = client.get(reverse("request-detail", args=[running.pk])).content.decode()
+    assert f'data-events-url="/api/v1/comfyui/{running.pk}/events/"' in html
+    assert "data-live-preview hidden" in html and "/static/js/live.js" in html
+    assert "<span data-live-step>Step 2 / 4 · KSampler (3)</span>" in html  # what progress events rewrite
+
+
+def test_history_names_its_event_stream_and_tile_positions(login, user, checkpoint, reachable_backend):
+    queued = make_request(user, checkpoint)
+    html = login(user).get(reverse("history")).content.decode()
+    assert 'data-events-url="/api/v1/comfyui/events/"' in html and 'data-tiles-url="/history/tiles/"' in html
+    assert f'data-request-id="{queued.pk}" data-status="queued" data-queue-position="1"' in html
+
+
+def test_history_tiles_alone_for_own_ids(login, user, other_user, checkpoint):
+    mine = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    waiting = make_request(user, checkpoint)
+    theirs = make_request(other_user, checkpoint, status=Status.COMPLETED, outputs=1)
+    response = login(user).get(reverse("history-tiles"), {
+        "id": [str(mine.pk), str(waiting.pk), str(theirs.pk), "not-a-uuid"], "next": "/history/?status=completed"})
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" not in html and "no-cache" in response["Cache-Control"]
+    assert f'data-request-id="{mine.pk}"' in html and f'data-request-id="{waiting.pk}"' in html
+    assert str(theirs.pk) not in html
+    assert f"/api/v1/comfyui/{mine.pk}/images/0/thumbnail/medium/" in html
+    assert 'name="next" value="/history/?status=completed"' in html  # delete returns to the History page
+    elsewhere = login(user).get(reverse("history-tiles"), {"id": str(mine.pk), "next": "https://evil.example/"})
+    assert 'name="next" value="/history/"' in elsewhere.content.decode()
+
+
+def test_history_tiles_cost_a_fixed_number_of_queries(login, user, checkpoint, django_assert_max_num_queries):
+    ids = [str(make_request(user, checkpoint, status=Status.COMPLETED, outputs=2, prompt=f"p{n}").pk)
+           for n in range(30)]
+    client = login(user)
+    with django_assert_max_num_queries(6):
+        response = client.get(reverse("history-tiles"), {"id": ids})
+    assert response.content.decode().count("data-request-id=") == 24  # at most a page of tiles at once
+
+
+def test_backends_page_names_its_event_stream_and_cells(login, staff_user, settings):
+    settings.COMFYUI_BACKENDS = [{"url": "http://127.0.0.1:9", "capacity": 2}]
+    html = login(staff_user).get(reverse("backends-page")).content.decode()
+    assert 'data-events-url="/api/v1/comfyui/backends/events/"' in html
+    assert 'data-healthy="true" data-failures="0"' in html
+    for cell in ("capacity", "queue", "last-hour", "all-time", "last-ok", "last-checked"):
+        assert f'data-cell="{cell}"' in html
+
+
+def test_video_outputs_play_in_a_video_element(login, user, checkpoint):
+    done = make_request(user, checkpoint, status=Status.COMPLETED, outputs=1)
+    GenerationRequest.objects.filter(pk=done.pk).update(outputs=[f"generations/{user.pk}/2026/01/01/x_0.mp4"],
+                                                        thumbnails=[{}])
+    client = login(user)
+    viewer = client.get(reverse("image-viewer", args=[done.pk, 0])).content.decode()
+    assert f'<video src="/api/v1/comfyui/{done.pk}/images/0/" controls' in viewer
+    assert 'class="viewer-image">' in viewer  # no zoom for a video: it has its own controls
+    for page in (reverse("history"), reverse("request-detail", args=[done.pk])):
+        html = client.get(page).content.decode()
+        assert f'<video src="/api/v1/comfyui/{done.pk}/images/0/" muted' in html

@@ -4,7 +4,8 @@
   role (``jobs``, ``housekeeping``, ``webhooks``: ``Q_ROLE``), as production runs them — whose ComfyUI
   backends are the given simulator URLs (``url`` or ``(url, capacity)``), with short heartbeat / stale /
   backoff settings; the test process's settings are switched to the same values and queues, so services,
-  the dispatcher and the reconciler called from the test agree with the workers. Options:
+  the dispatcher and the reconciler called from the test agree with the workers, and the live server's event
+  streams hear them (the test process takes the site's name: the fan-out channel is the site's). Options:
   ``workers`` (of the jobs cluster), ``redis_url`` (use the Redis broker instead of the ORM one),
   ``generation`` (``GENERATION`` overrides), ``name`` (the site; give several deployments one name to share
   its queues), ``roles`` (a subset of the roles to start). Returns a :class:`Cluster`; every cluster is
@@ -176,6 +177,8 @@ def cluster_factory(transactional_db, settings, _media_root):
     from django_q.brokers import get_broker
     from django_q.conf import Conf
 
+    from generation.live import bus as live_bus
+
     started = []
     saved_conf = {name: getattr(Conf, name) for name in ("ORM", "REDIS", "BROKER_CLASS", "CLUSTER_NAME", "PREFIX")}
 
@@ -206,6 +209,10 @@ def cluster_factory(transactional_db, settings, _media_root):
             child_env[_ENV_NAMES[key]] = str(int(value) if isinstance(value, bool) else value)
         child_env.update(env or {})
         use_queues(name, redis_url=redis_url)  # the test process enqueues to the same broker and queues
+        # and its event streams (live_server) hear the workers: the fan-out channel is the site's, and the
+        # listener, which otherwise lives as long as the process, starts again on it
+        settings.Q_CLUSTER = {**settings.Q_CLUSTER, "name": name}
+        live_bus.hub.stop()
         log = tempfile.NamedTemporaryFile(prefix="qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
         cluster = Cluster(child_env, log.name, roles=roles)
@@ -213,6 +220,7 @@ def cluster_factory(transactional_db, settings, _media_root):
         return cluster.start()
 
     yield factory
+    live_bus.hub.stop()
     for cluster in started:
         cluster.kill()  # a graceful stop waits for tasks in flight; tests have nothing left to save
         Path(cluster.log_path).unlink(missing_ok=True)

@@ -60,11 +60,9 @@ class HiresFix(Workflow):
 
     def build(self, params, *, files, filename_prefix):
         graph = {}
-        model, clip, vae = common.load_checkpoint(graph, CHECKPOINT, checkpoint=params["checkpoint_model"],
-                                                  loras=params["lora_models"], first_lora_id=FIRST_LORA)
-        loras = {node_id: graph.pop(node_id) for node_id in list(graph) if node_id != CHECKPOINT}
-        positive, negative = common.encode_prompts(graph, positive_id=POSITIVE, negative_id=NEGATIVE, clip=clip,
-                                                   prompt=params["prompt"], negative_prompt=params["negative_prompt"])
+        model, vae, positive, negative, loras = common.checkpoint_and_prompts(
+            graph, params, checkpoint_id=CHECKPOINT, first_lora_id=FIRST_LORA, positive_id=POSITIVE,
+            negative_id=NEGATIVE)
         graph[LATENT] = {"class_type": "EmptyLatentImage", "inputs": {
             "width": int(params["width"]), "height": int(params["height"]), "batch_size": int(params["batch_size"])}}
         sampler, second = params[common.SAMPLER_GROUP], params[GROUP]

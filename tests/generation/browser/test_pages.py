@@ -219,10 +219,14 @@ def test_every_control_has_a_label(live_server, page, user, models):
         assert page.evaluate(UNLABELLED) == [], path
 
 
-def test_live_card_follows_the_row_and_stops_polling(live_server, page, user, models, reachable_backend):
+def test_without_event_source_the_card_polls_the_row_and_stops(live_server, page, user, models, reachable_backend):
+    """The card's fallback (static/js/live.js) when the browser has no EventSource: it polls its partial,
+    so it follows rows changed behind its back, stops when the request ends, and says when it is logged
+    out or the request was deleted. (With EventSource it follows events: tests/generation/browser/test_live.py.)"""
     from generation import states
 
     checkpoint, _ = models
+    page.add_init_script("delete window.EventSource;")
     waiting = stored(user, checkpoint, 1, Status.QUEUED)
     gone = stored(user, checkpoint, 2, Status.QUEUED)
     polls = []

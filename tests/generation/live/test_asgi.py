@@ -117,3 +117,29 @@ def test_resume_on_a_restarted_process_misses_nothing(settings, start_events_ser
         ("cancelled", str(requests_[1].pk)), ("status", str(requests_[2].pk)), ("failed", str(requests_[2].pk))]
     assert len(opening) == 3
     resumed.close()
+
+
+def _connections_to_this_database():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def test_many_open_streams_share_a_few_database_connections(settings, start_events_server, user, make_generation):
+    _use(settings, True)
+    base, _ = start_events_server(LIVE_DB_THREADS="2")
+    token = Token.objects.create(user=user).key
+    request = make_generation(user, Status.QUEUED)
+    before = _connections_to_this_database()
+    clients = [Client(f"{base}/api/v1/comfyui/{request.pk}/events/", token) for _ in range(12)]
+    for client in clients:
+        client.until(lambda e: e[0] == "status")
+    # 12 streams opened and each read the database: the 2 pooled threads' connections (plus, for a moment,
+    # a request's own while it authenticates) — not one per stream
+    assert _connections_to_this_database() - before <= 3
+    lifecycle.transition(request.pk, Status.CANCELLED)
+    for client in clients:
+        assert client.until(lambda e: e[0] == "cancelled")
+        client.close()

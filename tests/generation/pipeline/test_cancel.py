@@ -32,7 +32,8 @@ def test_cancel_while_running_interrupts_comfyui(simulator, cluster_factory, wai
     request, _ = submit_generation(user=user, data=slow(steps=60))
     wait_until(lambda: row_of(request).current_step >= 2, what="sampling started")
     cancelled = cancel_generation(request=row_of(request))
-    assert cancelled.status == "cancelled" and cancelled.backend_stop == "pending"
+    # answered at once; the stop task may already have run by the time the answer re-reads the row
+    assert cancelled.status == "cancelled" and cancelled.backend_stop in ("pending", "done")
     wait_until(lambda: row_of(request).backend_stop == "done", what="stopped on the backend")
     location = wait_until(lambda: (loc := simulator.client().locate(cancelled.comfyui_prompt_id)).state == "finished"
                           and loc, timeout=5, what="interrupt visible in history")
