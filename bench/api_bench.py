@@ -35,6 +35,7 @@ import urllib.parse
 from pathlib import Path
 
 import support  # bench/support.py: the script's own folder is on sys.path
+from support import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "genonaut_api_bench"  # its own: other benches use genonaut_bench
@@ -88,18 +89,6 @@ def setup_django():
     import django
 
     django.setup()
-
-
-def cpu_seconds(pids):
-    """utime + stime of ``pids`` (Linux /proc), for CPU cost per request independent of machine load."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_backends():

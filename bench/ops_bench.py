@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import support  # bench/support.py: the script's own folder is on sys.path
+from support import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "genonaut_ops_bench"
@@ -241,18 +242,6 @@ def measure(server, token, samples, *, with_metrics):
                                     "postgres": round((cpu_seconds(postgres_backends()) - cpu[1]) * 1000 / samples,
                                                       1)}}
     return results
-
-
-def cpu_seconds(pids):
-    """utime + stime of ``pids`` (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_backends():

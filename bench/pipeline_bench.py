@@ -132,7 +132,8 @@ class Harness:
         use_queues(name, redis_url=self.redis_url)  # this process enqueues where the clusters consume
         log = tempfile.NamedTemporaryFile(prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
         log.close()
-        self.cluster = Cluster(env, log.name).start()
+        self.cluster = Cluster(env, log.name)  # known before it starts: a stop while it boots kills it too
+        self.cluster.start()
         time.sleep(0.5)  # workers finish forking after the "running" line
         return self.cluster
 

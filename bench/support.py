@@ -26,3 +26,16 @@ def recreate_database(name, env):
         conn.execute(f'CREATE DATABASE "{name}"')
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True,
                    env={**os.environ, **env}, timeout=300)
+
+
+def cpu_seconds(pids):
+    """utime + stime of ``pids`` (Linux /proc; a process gone counts 0), for CPU cost independent of the
+    machine's load."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

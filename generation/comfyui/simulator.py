@@ -28,7 +28,7 @@ import string
 import struct
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from functools import lru_cache
@@ -78,6 +78,7 @@ MAX_UPLOAD_SIZE = 104857600  # ComfyUI's --max-upload-size default (100 MB)
 SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE,
                    "extension": {"manager": {"supports_v4": True}}}
 PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, JPEG = 1, 4, 1  # ComfyUI's binary event and image types
+RECENT_PREVIEWS = 256  # send times kept for the stats (bench/live_bench.py times frame → client with them)
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
                            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self'; "
                            "connect-src 'self'; frame-src 'self'; object-src 'self';")  # as /view sends it
@@ -360,6 +361,7 @@ class Simulator:
             self.restarts = 0
             self.uploads = 0
             self.previews_sent = 0
+            self.recent_previews = deque(maxlen=RECENT_PREVIEWS)  # [prompt id, epoch seconds when sent]
 
     def start(self):
         self._worker_task = asyncio.get_running_loop().create_task(self._worker())
@@ -459,6 +461,7 @@ class Simulator:
                 "pending": [item.prompt_id for item in self.pending], "history_size": len(self.history),
                 "websockets": len(self.sockets), "faults": dict(self.faults), "stalled": self.stalled,
                 "uploads": self.uploads, "input_files": len(self.inputs), "previews_sent": self.previews_sent,
+                "recent_previews": list(self.recent_previews),
                 "step_time": self.options.step_time, "load_time": self.options.load_time}
 
     # --- files --------------------------------------------------------------------------
@@ -568,8 +571,10 @@ class Simulator:
         else:
             frame = struct.pack(">II", PREVIEW_IMAGE, JPEG) + jpeg
         with contextlib.suppress(ConnectionError, RuntimeError):
+            sent_at = time.time()
             await socket.send_bytes(frame)
             self.previews_sent += 1
+            self.recent_previews.append([prompt_id, sent_at])
 
     async def _broadcast_status(self):
         message = _frame("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining}}})

@@ -426,6 +426,20 @@ def test_follow_yields_previews_of_the_followed_prompt_in_both_layouts(simulator
     assert (events.server_features or {}).get("supports_preview_metadata") is (True if previews else None)
 
 
+def test_the_simulator_reports_when_it_sent_each_preview(simulator):
+    client = simulator.client()
+    prompt_id, client_id = ids()
+    before = time.time()
+    with client.event_stream(client_id, previews=True) as events:
+        client.submit(txt2img(steps=3), prompt_id=prompt_id, client_id=client_id,
+                      extra_data={"preview_method": "latent2rgb"})
+        list(events.follow(prompt_id, idle_interval=0.2))
+    recent = simulator.stats()["recent_previews"]
+    assert [pid for pid, _ in recent] == [prompt_id] * 3
+    sent = [at for _, at in recent]
+    assert before <= sent[0] <= sent[1] <= sent[2] <= time.time()
+
+
 def test_no_previews_unless_the_prompt_asks_for_them(simulator):
     client = simulator.client()
     prompt_id, client_id = ids()
