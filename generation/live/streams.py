@@ -153,11 +153,12 @@ class RequestStream:
             if not events:
                 break
             rows = self._rows({e.request_id for e in events})
+            places = _places(rows.values())
             for event in events:
                 row = rows.get(event.request_id)
                 if row is None:
                     continue  # deleted since
-                frames.append(self._status_frame(row, Status(event.status)))
+                frames.append(self._status_frame(row, Status(event.status), places))
                 if self.request_id is not None and event.status in TERMINAL:
                     self.ended = True
                     break
@@ -176,14 +177,16 @@ class RequestStream:
                 Status.PENDING, Status.QUEUED, Status.RUNNING]).values_list("pk", flat=True)
             rows = self._rows(set(active))
         frames = []
+        places = _places(rows.values())
+        numbers = previews.numbers([pk for pk, row in rows.items() if row.status == Status.RUNNING])
         for row in sorted(rows.values(), key=lambda r: r.created_at):
-            frames.append(self._status_frame(row, Status(row.status)))
+            frames.append(self._status_frame(row, Status(row.status), places))
             if row.status in TERMINAL:
                 self.ended = self.request_id is not None
             elif row.status == Status.RUNNING:
                 frames += self._progress_frames(str(row.pk), row.progress, row.current_step, row.total_steps,
                                                 row.current_node)
-                number = previews.numbers([row.pk]).get(str(row.pk))
+                number = numbers.get(str(row.pk))
                 if number:
                     frames.append(self._preview_frame(str(row.pk), number))
         return frames
@@ -209,9 +212,9 @@ class RequestStream:
 
     # --- frames ---------------------------------------------------------------------------------------
 
-    def _status_frame(self, row, status):
+    def _status_frame(self, row, status, places):
+        """The frame of ``row``'s change to ``status``; ``places`` is :func:`_places` of the batch."""
         from generation.representation import request_representation
-        from generation.selectors import queue_position, waiting_reason
 
         key = str(row.pk)
         if status == Status.RUNNING:
@@ -230,7 +233,7 @@ class RequestStream:
             return frame(TERMINAL_EVENTS[status], data, self.cursor)
         position = reason = None
         if status in WAITING and row.status in WAITING:
-            position, reason = queue_position(row), waiting_reason(row)
+            position, reason = places[0].get(row.pk), places[1].get(row.pk)
             self.waiting[key] = (position, (reason or {}).get("code"))
         else:
             self.waiting.pop(key, None)
@@ -273,6 +276,15 @@ class RequestStream:
         if frames:
             self.last_sent = time.monotonic()
         return frames
+
+
+def _places(rows):
+    """``(queue positions, waiting reasons)`` of the waiting ones among ``rows``, in one query each (none
+    when none waits), for a batch of status frames."""
+    from generation.selectors import queue_positions, waiting_reasons
+
+    rows = list(rows)
+    return queue_positions(rows), waiting_reasons(rows)
 
 
 def _reason(reason):
