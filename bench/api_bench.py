@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -108,15 +107,9 @@ class Gunicorn:
             [str(ROOT / ".venv/bin/gunicorn"), "genonaut.wsgi", "-w", str(workers), "--threads", str(threads),
              "-b", f"127.0.0.1:{self.port}", "--backlog", "256", "--log-level", "warning"],
             cwd=ROOT, env={**os.environ, **ENV, **(extra_env or {})}, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not start within 30 s")
+        if not support.wait_for_port(self.port):
+            self.stop()
+            raise RuntimeError("gunicorn did not start within 30 s")
 
     def worker_pids(self):
         try:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -173,15 +172,9 @@ class Gunicorn:
         self.process = subprocess.Popen(
             [str(ROOT / ".venv/bin/gunicorn"), "genonaut.wsgi", "-w", "1", "-b", f"127.0.0.1:{self.port}",
              "--log-level", "warning"], cwd=code_dir, env={**os.environ, **ENV}, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not start within 30 s")
+        if not support.wait_for_port(self.port):
+            self.stop()
+            raise RuntimeError("gunicorn did not start within 30 s")
 
     def worker_pids(self):
         try:

@@ -39,3 +39,18 @@ def cpu_seconds(pids):
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_port(port, *, timeout=30.0):
+    """Whether something accepts connections on 127.0.0.1:``port`` within ``timeout`` seconds."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
