@@ -7,9 +7,7 @@ import datetime
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -19,11 +17,12 @@ from generation import lifecycle, webhooks
 from generation.models import GenerationRequest, MetricCounter
 from generation.states import Status
 from generation.webhooks import WebhookUrlRefused, check_webhook_url, deliver_webhook
+from tests.loopback import LoopbackServer, QuietHandler
 
 pytestmark = pytest.mark.integration
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     """An HTTP server on a free loopback port that records POSTs and answers from a script."""
 
     def __init__(self):
@@ -31,30 +30,16 @@ class Receiver:
         self.answers = []  # (status, headers, delay) per call; then 200
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.read_body()
                 receiver.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 status, headers, delay = receiver.answers.pop(0) if receiver.answers else (200, {}, 0)
                 time.sleep(delay)
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.answer(status, headers)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url += "/hook"
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 dispatch (jobs cluster) and recovery (housekeeping cluster) go on as if it were not there."""
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -12,6 +11,7 @@ from generation.models import GenerationRequest
 from generation.reconciler import reconcile
 from generation.services import submit_generation
 from generation.states import Status
+from tests.loopback import LoopbackServer, QuietHandler
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -19,7 +19,7 @@ STORM = 300  # finished requests whose receivers each take HOLD seconds to answe
 HOLD = 4.0
 
 
-class SlowReceivers:
+class SlowReceivers(LoopbackServer):
     """Hundreds of webhook receivers (one path each) on one loopback server, each answering after ``hold`` s."""
 
     def __init__(self, hold):
@@ -27,27 +27,18 @@ class SlowReceivers:
         self.stop = threading.Event()
         receivers = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.read_body()
                 receivers.received += 1
                 receivers.stop.wait(hold)  # bounded: the test's end releases every held request
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.answer()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        super().__init__(Handler)
 
     def close(self):
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture
