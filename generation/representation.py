@@ -46,7 +46,8 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
         "progress": {"fraction": obj.progress, "current_node": obj.current_node, "step": obj.current_step,
                      "total_steps": obj.total_steps},
         "queue_position": compute_queue_position(obj) if queue_position is UNSET else queue_position,
-        "waiting_reason": _waiting_reason(compute_waiting_reason(obj) if waiting_reason is UNSET else waiting_reason),
+        "waiting_reason": waiting_reason_data(
+            compute_waiting_reason(obj) if waiting_reason is UNSET else waiting_reason),
         "workflow": {"slug": obj.workflow_slug, "version": obj.workflow_version,
                      "name": workflow.name if workflow is not None else obj.workflow_slug},
         "params": params,
@@ -73,7 +74,9 @@ def request_representation(generation, *, absolute=None, queue_position=UNSET, w
     return document
 
 
-def _waiting_reason(reason):
+def waiting_reason_data(reason):
+    """A :func:`~generation.selectors.waiting_reasons` entry as documents carry it (``retry_at`` written as
+    the API writes times)."""
     if reason is None:
         return None
     return {**reason, "retry_at": _datetime(reason["retry_at"])} if "retry_at" in reason else dict(reason)

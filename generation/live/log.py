@@ -78,7 +78,9 @@ def record(request_id, status, *, notify=None):
     request_table = RequestEvent._meta.get_field("request").related_model._meta.db_table
     insert = (f"INSERT INTO {table} (request_id, user_id, status, created_at) "
               f"SELECT id, user_id, %s, %s FROM {request_table} WHERE id = %s RETURNING id, user_id, request_id")
-    params = [str(Status(status)), timezone.now(), _db_id(request_id)]
+    request_id_field = RequestEvent._meta.get_field("request").target_field
+    params = [str(Status(status)), timezone.now(),
+              request_id_field.get_db_prep_value(request_id_field.to_python(request_id), connection)]
     if notify:
         insert = (f"WITH e AS ({insert}) SELECT id, user_id, pg_notify(%s, json_build_object("
                   f"'k', 'event', 'u', user_id, 'r', request_id::text, 'e', id, 's', %s)::text) FROM e")
@@ -87,14 +89,6 @@ def record(request_id, status, *, notify=None):
         cursor.execute(insert, params)
         row = cursor.fetchone()
     return (row[0], row[1]) if row else None
-
-
-def _db_id(request_id):
-    """The request id as the database compares it (SQLite keeps UUIDs as 32 hex digits)."""
-    import uuid
-
-    value = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
-    return value if connection.vendor == "postgresql" else value.hex
 
 
 def events_after(cursor, *, user_id, request_id=None, limit=500):

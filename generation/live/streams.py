@@ -23,6 +23,7 @@ from django.urls import reverse
 
 from generation.live import log, previews
 from generation.live.bus import Subscription, hub
+from generation.representation import waiting_reason_data
 from generation.states import TERMINAL, WAITING, Status
 
 RETRY_MS = 2000
@@ -240,23 +241,23 @@ class RequestStream:
         if status != Status.RUNNING:
             self.progress_sent.pop(key, None)
         return frame("status", {"id": key, "status": str(status), "queue_position": position,
-                                "waiting_reason": _reason(reason)}, self.cursor)
+                                "waiting_reason": waiting_reason_data(reason)}, self.cursor)
 
     def _positions(self):
         """Status frames for waiting requests whose place in the queue (or reason to wait) changed."""
         from generation.models import GenerationRequest
-        from generation.selectors import queue_positions, waiting_reasons
 
         rows = list(GenerationRequest.objects.filter(pk__in=list(self.waiting), status__in=list(WAITING)))
-        positions, reasons = queue_positions(rows), waiting_reasons(rows)
+        positions, reasons = _places(rows)
         frames = []
         for row in rows:
             key = str(row.pk)
             now = (positions.get(row.pk), (reasons.get(row.pk) or {}).get("code"))
             if self.waiting.get(key) != now:
                 self.waiting[key] = now
-                frames.append(frame("status", {"id": key, "status": str(row.status), "queue_position": now[0],
-                                               "waiting_reason": _reason(reasons.get(row.pk))}, self.cursor))
+                data = {"id": key, "status": str(row.status), "queue_position": now[0],
+                        "waiting_reason": waiting_reason_data(reasons.get(row.pk))}
+                frames.append(frame("status", data, self.cursor))
         return frames
 
     def _progress_frames(self, request_id, fraction, step, total, node):
@@ -285,12 +286,6 @@ def _places(rows):
 
     rows = list(rows)
     return queue_positions(rows), waiting_reasons(rows)
-
-
-def _reason(reason):
-    if not reason:
-        return None
-    return {key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in reason.items()}
 
 
 class BackendsStream:
